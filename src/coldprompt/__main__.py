@@ -1,0 +1,3 @@
+from coldprompt.cli import main
+import sys
+sys.exit(main())

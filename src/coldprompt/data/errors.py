@@ -1,0 +1,20 @@
+"""Errors raised on invalid input files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataFormatError(ValueError):
+    """An input file is invalid; the message names the file, line and field and says what to do."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None, field: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+        self.field = field
