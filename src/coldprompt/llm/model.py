@@ -1,0 +1,187 @@
+"""A frozen causal LM that reads a user's support items through per-user soft prompts and scores every item.
+
+Input row for one user (right-padded to the longest row of the batch, so real positions never attend to
+padding and position ids are 0..L-1 as when the row is alone)::
+
+    [profile tokens] [P virtual tokens = the user's soft prompt] [item_1] [item_2] ... [item_T]
+
+* Items are one input vector each: ``in_proj(text encoding) + item id embedding + rating embedding``. The text
+  encoding is the frozen backbone's mean-pooled hidden state for "Title (Year), genres"; the id embedding is
+  learned from meta-train interactions and carries collaborative signal that titles alone do not.
+* The soft prompt sits after the profile and before the items, so under causal attention it conditions how
+  every item is read, while the profile (plain text, known at sign-up) is read first.
+* The hidden state at the last prompt position predicts item_1, the one at item_t predicts item_{t+1}. A
+  single forward pass therefore gives the inner-loop loss (support positions) and the query loss.
+* Scores are ``out_proj(h) . item output embedding + item bias`` for the whole catalogue: one matrix product,
+  so ranking 10,000 items costs about as much as one extra token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RATING_UNKNOWN, RATING_LIKED, RATING_DISLIKED = 0, 1, 2
+LIKED_THRESHOLD = 4.0  # ratings at or above this (on a 5-point scale) count as liked
+
+
+@dataclass
+class SequenceBatch:
+    """Padded inputs for B users; every row has the same number T of item slots (items padded with 0)."""
+
+    items: torch.Tensor  # int64 [B, T]
+    ratings: torch.Tensor  # int64 [B, T] rating class per item
+    lengths: torch.Tensor  # int64 [B] number of real items per row
+    profile_ids: torch.Tensor  # int64 [B, Lp] profile token ids (padded with 0)
+    profile_lengths: torch.Tensor  # int64 [B]
+
+
+def rating_classes(ratings: np.ndarray) -> np.ndarray:
+    classes = np.full(len(ratings), RATING_UNKNOWN, dtype=np.int64)
+    known = ~np.isnan(ratings)
+    classes[known & (ratings >= LIKED_THRESHOLD)] = RATING_LIKED
+    classes[known & (ratings < LIKED_THRESHOLD)] = RATING_DISLIKED
+    return classes
+
+
+class SoftPromptRecommender(nn.Module):
+    """Per-user soft prompts and small shared modules around a frozen backbone."""
+
+    def __init__(
+        self,
+        backbone_model: nn.Module,
+        item_encodings: torch.Tensor,
+        *,
+        num_virtual_tokens: int = 8,
+        prompt_init_ids: torch.Tensor | None = None,
+        learn_item_ids: bool = True,
+        inner_lr: float = 0.1,
+    ):
+        super().__init__()
+        self.backbone = backbone_model
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(False)
+        self.backbone.eval()
+        embeddings = self.backbone.get_input_embeddings().weight
+        hidden = embeddings.shape[1]
+        token_scale = float(embeddings.detach().float().std())
+        num_items = item_encodings.shape[0]
+
+        # Text encodings are standardised per dimension so that the projections start at a sane scale.
+        mean = item_encodings.mean(dim=0, keepdim=True)
+        std = item_encodings.std(dim=0, keepdim=True).clamp_min(1e-6)
+        self.register_buffer("item_text", ((item_encodings - mean) / std).float(), persistent=False)
+
+        self.in_proj = nn.Linear(item_encodings.shape[1], hidden, bias=False)
+        nn.init.normal_(self.in_proj.weight, std=token_scale / math.sqrt(item_encodings.shape[1]))
+        self.item_in = nn.Embedding(num_items, hidden)
+        self.item_out = nn.Embedding(num_items, hidden)
+        nn.init.zeros_(self.item_in.weight)
+        nn.init.zeros_(self.item_out.weight)
+        self.item_in.weight.requires_grad_(learn_item_ids)
+        self.item_out.weight.requires_grad_(learn_item_ids)
+        self.rating = nn.Embedding(3, hidden)
+        nn.init.zeros_(self.rating.weight)
+        self.out_proj = nn.Linear(hidden, hidden)
+        self.text_out = nn.Linear(item_encodings.shape[1], hidden, bias=False)
+        nn.init.normal_(self.text_out.weight, std=1.0 / math.sqrt(item_encodings.shape[1]))
+        self.item_bias = nn.Parameter(torch.zeros(num_items))
+
+        # The meta-initialisation starts from the embeddings of real tokens (a common prompt-tuning start).
+        if prompt_init_ids is None:
+            prompt_init_ids = torch.arange(num_virtual_tokens) % embeddings.shape[0]
+        self.prompt_init = nn.Parameter(embeddings[prompt_init_ids[:num_virtual_tokens]].detach().float().clone())
+        # Meta-SGD: a learned inner learning rate per prompt entry, stored as a log for positivity.
+        self.log_inner_lr = nn.Parameter(torch.full((num_virtual_tokens, hidden), math.log(inner_lr)))
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt_init.shape[0]
+
+    @property
+    def num_items(self) -> int:
+        return self.item_bias.shape[0]
+
+    def inner_lr(self) -> torch.Tensor:
+        return self.log_inner_lr.exp()
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def backbone_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.backbone.parameters())
+
+    # ----------------------------------------------------------------------------------------- forward
+    def item_inputs(self, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """Input vectors for item slots: [B, T] -> [B, T, H]."""
+        return self.in_proj(self.item_text[items]) + self.item_in(items) + self.rating(ratings)
+
+    def item_outputs(self) -> torch.Tensor:
+        """Output embeddings of the whole catalogue: [N, H]."""
+        return self.text_out(self.item_text) + self.item_out.weight
+
+    def hidden_states(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+        """Return the hidden states at the T prediction positions: [B, T + 1, H].
+
+        Position 0 is the last virtual token (predicts item 1); position t is item t (predicts item t + 1).
+        """
+        embed = self.backbone.get_input_embeddings()
+        B, T = batch.items.shape
+        Lp = batch.profile_ids.shape[1]
+        P = prompts.shape[1]
+        profile = embed(batch.profile_ids).to(prompts.dtype)  # [B, Lp, H]
+        items = self.item_inputs(batch.items, batch.ratings).to(prompts.dtype)  # [B, T, H]
+
+        # Rows are laid out as [profile | prompt | items] then compacted left so padding sits at the right.
+        pieces = torch.cat([profile, prompts, items], dim=1)  # [B, Lp + P + T, H]
+        real = torch.cat(
+            [
+                torch.arange(Lp).expand(B, Lp) < batch.profile_lengths[:, None],
+                torch.ones(B, P, dtype=torch.bool),
+                torch.arange(T).expand(B, T) < batch.lengths[:, None],
+            ],
+            dim=1,
+        )
+        order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)  # real positions first, in order
+        inputs = torch.gather(pieces, 1, order[..., None].expand_as(pieces))
+        mask = torch.gather(real, 1, order).long()
+        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+
+        out = self.backbone.base_model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions)
+        hidden = out.last_hidden_state  # [B, L, H]
+
+        # Prediction positions: last prompt token, then each item slot.
+        start = batch.profile_lengths + P - 1  # [B]
+        index = start[:, None] + torch.arange(T + 1)[None, :]  # [B, T + 1]
+        index = index.clamp_max(hidden.shape[1] - 1)
+        return torch.gather(hidden, 1, index[..., None].expand(B, T + 1, hidden.shape[-1]))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every item from hidden states: [..., H] -> [..., N]."""
+        return self.out_proj(hidden.float()) @ self.item_outputs().T + self.item_bias
+
+    def position_losses(self, prompts: torch.Tensor, batch: SequenceBatch, first: int, last: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy per user over predictions of items ``first..last-1`` (0-based): [B].
+
+        ``last`` is per user ([B]); users with no position in range get a loss of 0.
+        """
+        B, T = batch.items.shape
+        hidden = self.hidden_states(prompts, batch)[:, first:T]  # predicts items first..T-1
+        targets = batch.items[:, first:T]
+        logits = self.logits(hidden)
+        ce = F.cross_entropy(logits.reshape(-1, self.num_items), targets.reshape(-1), reduction="none").view(B, -1)
+        slot = torch.arange(first, T)[None, :]
+        use = (slot < last[:, None]).float()
+        return (ce * use).sum(dim=1) / use.sum(dim=1).clamp_min(1.0)
+
+    def user_scores(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+        """Scores for the item after each user's last real item: [B, N]."""
+        hidden = self.hidden_states(prompts, batch)
+        last = hidden[torch.arange(hidden.shape[0]), batch.lengths]  # [B, H]
+        return self.logits(last)
