@@ -86,8 +86,8 @@ def build_interaction_data(
         items=items,
         timestamps=ts,
         ratings=rt,
-        user_ids=list(user_ids),
-        item_ids=list(item_ids),
+        user_ids=user_ids,
+        item_ids=item_ids,
         item_titles=[titles.get(i, "") for i in item_ids],
         item_genres=[genres.get(i, "") for i in item_ids],
         user_profiles=profiles,
@@ -96,14 +96,16 @@ def build_interaction_data(
     )
 
 
-def _index(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _index(raw: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Map raw string ids to dense indices, numbering ids in natural order (numeric ids by value)."""
-    unique = np.unique(raw)
-    if all(u.isdigit() for u in unique):
-        unique = np.array(sorted(unique, key=int), dtype=unique.dtype)
-        lookup = {u: i for i, u in enumerate(unique)}
-        return unique, np.fromiter((lookup[r] for r in raw), dtype=np.int64, count=len(raw))
-    return unique, np.searchsorted(unique, raw).astype(np.int64)
+    unique, inverse = np.unique(raw, return_inverse=True)
+    if len(unique) and all(u.isdigit() for u in unique):
+        # Renumber so that "2" comes before "10".
+        by_value = np.argsort(np.array([int(u) for u in unique], dtype=np.int64), kind="stable")
+        rank = np.empty_like(by_value)
+        rank[by_value] = np.arange(len(by_value))
+        return [str(unique[i]) for i in by_value], rank[inverse].astype(np.int64)
+    return [str(u) for u in unique], inverse.astype(np.int64)
 
 
 def _interaction_order(
