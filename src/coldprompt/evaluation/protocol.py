@@ -146,6 +146,11 @@ def evaluation_users(
     need = max(ks) + 1
     lengths = np.array([len(data.sequences()[u]) for u in users], dtype=np.int64)
     eligible = users[lengths >= need]
+    if len(users) and not len(eligible):
+        raise ValueError(
+            f"{data.name}: none of the {len(users)} users in this part has at least {need} interactions, so "
+            f"K up to {max(ks)} cannot be evaluated; evaluate smaller K (for example --ks 0,1,3)"
+        )
     if max_users is not None and len(eligible) > max_users:
         eligible = np.sort(np.random.default_rng(seed).choice(eligible, size=max_users, replace=False))
     return EvaluationUsers(eligible, int((lengths < need).sum()), need)
