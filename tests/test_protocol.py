@@ -149,20 +149,39 @@ class _Constant:
 def test_constant_scorer_gets_no_credit_full_and_sampled():
     data = toy_data()
     users = evaluation_users(data, np.arange(data.num_users))
-    full = evaluate(_Constant(data.num_items), data, users)
-    sampled = evaluate(_Constant(data.num_items), data, users, sampled=True)
-    for k in full.per_user:
-        assert full.per_user[k]["hr@10"].sum() == 0.0
-        assert sampled.per_user[k]["hr@10"].sum() == 0.0
+    result = evaluate(_Constant(data.num_items), data, users)
+    for k in result.per_user:
+        assert result.per_user[k]["hr@10"].sum() == 0.0
+        assert result.sampled_per_user[k]["hr@10"].sum() == 0.0
 
 
 def test_sampled_protocol_ranks_among_one_hundred():
     # 300 items so that 99 negatives exist; the oracle ranks first, the constant ranks 100th.
     data = toy_data(num_users=12, num_items=300, length=12)
     users = evaluation_users(data, np.arange(data.num_users))
-    result = evaluate(_Constant(data.num_items), data, users, sampled=True, ks=(1,))
-    assert result.per_user[1]["mrr"] == pytest.approx(np.full(len(users.users), 1 / (SAMPLED_NEGATIVES + 1)))
-    assert evaluate(_Oracle(data), data, users, sampled=True, ks=(1,)).per_user[1]["mrr"].min() == 1.0
+    result = evaluate(_Constant(data.num_items), data, users, ks=(1,))
+    assert result.sampled_per_user[1]["mrr"] == pytest.approx(np.full(len(users.users), 1 / (SAMPLED_NEGATIVES + 1)))
+    assert evaluate(_Oracle(data), data, users, ks=(1,)).sampled_per_user[1]["mrr"].min() == 1.0
+
+
+def test_sampled_negatives_never_seen_by_user():
+    data = toy_data(num_users=12, num_items=300, length=12)
+    users = evaluation_users(data, np.arange(data.num_users))
+
+    class _Spy:
+        """Scores the target 0 and every item the user interacted with 1: those must never be sampled."""
+
+        name = "spy"
+
+        def score(self, batch):
+            scores = np.zeros((len(batch.users), data.num_items))
+            for row, user in enumerate(batch.users):
+                scores[row, data.sequences()[user]] = 1.0
+                scores[row, data.sequences()[user][batch.k]] = 0.5
+            return scores
+
+    result = evaluate(_Spy(), data, users, ks=(3,))
+    assert result.sampled_per_user[3]["mrr"].min() == 1.0
 
 
 def test_wrong_score_shape_rejected():

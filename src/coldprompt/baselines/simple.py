@@ -199,5 +199,5 @@ class _Fixed:
 
 
 def _validation_ndcg(recommender, data, validation, k: int) -> float:
-    result = evaluate(recommender, data, validation, ks=(k,), batch_size=256)
+    result = evaluate(recommender, data, validation, ks=(k,), batch_size=256, sampled=False)
     return float(result.per_user[k]["ndcg@10"].mean()) if len(validation.users) else 0.0

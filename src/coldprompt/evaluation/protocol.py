@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,18 +171,19 @@ def make_batch(data: InteractionData, users: np.ndarray, k: int) -> ScoringBatch
 # ----------------------------------------------------------------------------------------------- evaluate
 @dataclass
 class MethodResult:
-    """Per-user metrics of one method at each K, plus summaries."""
+    """Per-user metrics of one method at each K, under the full-ranking and the sampled protocol."""
 
     method: str
-    protocol: str
     users: np.ndarray
     per_user: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # K -> metric -> [n_users]
+    sampled_per_user: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # secondary protocol
     seconds: float = 0.0
 
-    def summary(self, seed: int = 0) -> dict[int, dict[str, Estimate]]:
+    def summary(self, seed: int = 0, sampled: bool = False) -> dict[int, dict[str, Estimate]]:
+        table = self.sampled_per_user if sampled else self.per_user
         return {
             k: {m: bootstrap_mean(values, seed=seed) for m, values in per_metric.items()}
-            for k, per_metric in self.per_user.items()
+            for k, per_metric in table.items()
         }
 
 
@@ -192,33 +194,40 @@ def evaluate(
     ks: Sequence[int] = DEFAULT_KS,
     *,
     batch_size: int = 64,
-    sampled: bool = False,
+    sampled: bool = True,
     seed: int = 0,
     show_progress: bool = False,
 ) -> MethodResult:
-    """Score every evaluation user at every K and return per-user metrics."""
-    import time
+    """Score every evaluation user at every K once; rank the target under both protocols from those scores.
 
+    With ``sampled=False`` the secondary protocol is skipped (model selection needs only full ranking).
+    """
     start = time.perf_counter()
-    protocol = PROTOCOL_SAMPLED if sampled else PROTOCOL_FULL
-    result = MethodResult(recommender.name, protocol, users.users)
+    result = MethodResult(recommender.name, users.users)
     batches = [users.users[i : i + batch_size] for i in range(0, len(users.users), batch_size)]
     progress = tqdm(total=len(ks) * len(batches), desc=f"{recommender.name}", disable=not show_progress, leave=False)
     for k in ks:
-        ranks = []
+        full, sampled_ranks = [], []
         for chunk in batches:
             batch = make_batch(data, chunk, k)
-            ranks.append(_rank_batch(recommender, data, batch, sampled, seed))
+            scores, targets = _score_batch(recommender, data, batch)
+            full.append(target_ranks(scores, targets, excluded=batch.supports))
+            if sampled:
+                sampled_ranks.append(_sampled_ranks(scores, targets, batch, data, seed))
             progress.update(1)
-        result.per_user[k] = metrics_from_ranks(np.concatenate(ranks) if ranks else np.array([]))
+        result.per_user[k] = metrics_from_ranks(_concat(full))
+        if sampled:
+            result.sampled_per_user[k] = metrics_from_ranks(_concat(sampled_ranks))
     progress.close()
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _rank_batch(
-    recommender: Recommender, data: InteractionData, batch: ScoringBatch, sampled: bool, seed: int
-) -> np.ndarray:
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _score_batch(recommender: Recommender, data: InteractionData, batch: ScoringBatch) -> tuple[np.ndarray, np.ndarray]:
     sequences = data.sequences()
     targets = np.array([sequences[u][batch.k] for u in batch.users], dtype=np.int64)
     scores = np.asarray(recommender.score(batch), dtype=np.float64)
@@ -226,9 +235,7 @@ def _rank_batch(
         raise ValueError(
             f"{recommender.name} returned scores of shape {scores.shape}; expected {(len(batch.users), data.num_items)}"
         )
-    if not sampled:
-        return target_ranks(scores, targets, excluded=batch.supports)
-    return _sampled_ranks(scores, targets, batch, data, seed)
+    return scores, targets
 
 
 def _sampled_ranks(

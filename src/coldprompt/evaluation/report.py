@@ -11,19 +11,19 @@ import numpy as np
 from scipy import stats
 
 from coldprompt.evaluation.metrics import METRICS, bootstrap_mean, paired_bootstrap_pvalue
-from coldprompt.evaluation.protocol import MethodResult
+from coldprompt.evaluation.protocol import PROTOCOL_FULL, PROTOCOL_SAMPLED, MethodResult
 
 
-def method_summary(result: MethodResult, fit_seconds: float = 0.0, seed: int = 0) -> dict:
+def method_summary(result: MethodResult, fit_seconds: float = 0.0, seed: int = 0, sampled: bool = False) -> dict:
     """JSON-ready summary of one method: means with 95% intervals per K and metric, and wall times."""
     return {
-        "protocol": result.protocol,
+        "protocol": PROTOCOL_SAMPLED if sampled else PROTOCOL_FULL,
         "fit_seconds": round(fit_seconds, 2),
         "evaluate_seconds": round(result.seconds, 2),
         "users": len(result.users),
         "metrics": {
             str(k): {m: estimate.as_dict() for m, estimate in per_metric.items()}
-            for k, per_metric in result.summary(seed=seed).items()
+            for k, per_metric in result.summary(seed=seed, sampled=sampled).items()
         },
     }
 
