@@ -13,7 +13,7 @@ from coldprompt.baselines.simple import (
     position_counts,
 )
 from coldprompt.data.build import build_interaction_data
-from coldprompt.evaluation.protocol import ScoringBatch, UserSplit, evaluate, evaluation_users
+from coldprompt.evaluation.protocol import ScoringBatch, UserSplit, evaluation_users
 from toy import toy_data
 
 

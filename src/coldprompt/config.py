@@ -27,6 +27,8 @@ class RunConfig:
 
     # --- backbone and model
     backbone: str | None = None  # GGUF file, local folder or hub id; None = SmolLM2-135M-Instruct GGUF
+    backbone_dtype: str = "auto"  # float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 support)
+    item_encoder_layer: int | None = 15  # backbone layer whose mean-pooled states encode item texts (None = last)
     num_virtual_tokens: int = 8  # P, soft-prompt length in tokens
     max_profile_tokens: int = 32  # profile sentences are cut to this many tokens
     learn_item_ids: bool = True  # learn item id embeddings from meta-train interactions
@@ -56,6 +58,8 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
+        if self.backbone_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"backbone_dtype: expected auto, float32 or bfloat16, got {self.backbone_dtype!r}")
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown:
             raise ValueError(f"algorithms: unknown {unknown}; choose from {list(ALGORITHMS)}")

@@ -135,8 +135,10 @@ class SoftPromptRecommender(nn.Module):
         B, T = batch.items.shape
         Lp = batch.profile_ids.shape[1]
         P = prompts.shape[1]
-        profile = embed(batch.profile_ids).to(prompts.dtype)  # [B, Lp, H]
-        items = self.item_inputs(batch.items, batch.ratings).to(prompts.dtype)  # [B, T, H]
+        dtype = embed.weight.dtype  # the backbone's dtype; trainable inputs stay float32 until here
+        profile = embed(batch.profile_ids)  # [B, Lp, H]
+        items = self.item_inputs(batch.items, batch.ratings).to(dtype)  # [B, T, H]
+        prompts = prompts.to(dtype)
 
         # Rows are laid out as [profile | prompt | items] then compacted left so padding sits at the right.
         pieces = torch.cat([profile, prompts, items], dim=1)  # [B, Lp + P + T, H]
@@ -154,7 +156,7 @@ class SoftPromptRecommender(nn.Module):
         positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
 
         out = self.backbone.base_model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions)
-        hidden = out.last_hidden_state  # [B, L, H]
+        hidden = out.last_hidden_state.float()  # [B, L, H]
 
         # Prediction positions: last prompt token, then each item slot.
         start = batch.profile_lengths + P - 1  # [B]
@@ -163,8 +165,13 @@ class SoftPromptRecommender(nn.Module):
         return torch.gather(hidden, 1, index[..., None].expand(B, T + 1, hidden.shape[-1]))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores of every item from hidden states: [..., H] -> [..., N]."""
-        return self.out_proj(hidden.float()) @ self.item_outputs().T + self.item_bias
+        """Scores of every item from hidden states: [..., H] -> [..., N].
+
+        The dot product is divided by sqrt(H), as in attention, so that the initial scores are small and the
+        initial cross-entropy is close to log(N).
+        """
+        user = self.out_proj(hidden.float())
+        return user @ self.item_outputs().T / math.sqrt(user.shape[-1]) + self.item_bias
 
     def position_losses(self, prompts: torch.Tensor, batch: SequenceBatch, first: int, last: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy per user over predictions of items ``first..last-1`` (0-based): [B].

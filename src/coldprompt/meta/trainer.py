@@ -160,7 +160,7 @@ class Trainer:
     def validate(self) -> float:
         """Mean NDCG@10 over K on the meta-validation users, with the same inner loop as at test time."""
         scorer = SoftPromptScorer(self.model, self.profiles, self.algorithm, inner_steps=self.inner_steps)
-        result = evaluate(scorer, self.data, self.validation, self.config.ks, batch_size=self.config.batch_size)
+        result = evaluate(scorer, self.data, self.validation, self.config.ks, batch_size=self.config.batch_size, sampled=False)
         return float(np.mean([result.per_user[k]["ndcg@10"].mean() for k in self.config.ks]))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
