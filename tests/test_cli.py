@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory) -> Path:
     out = root / "out"
     code = main([
         "run", "--output-dir", str(out), f"backbone={backbone}", "shared_budget_s=4", "meta_budget_s=2",
-        "max_test_users=12", "validation_users=12", "eval_every=3", "batch_size=16",
+        "max_test_users=12", "validation_users=12", "batch_size=16",
     ])
     assert code == 0
     return out

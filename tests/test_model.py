@@ -68,7 +68,7 @@ def test_backbone_bitwise_unchanged_after_training(model):
     data = toy_data(num_users=40, num_items=30)
     split = split_users(data, seed=0)
     before = {name: p.detach().clone() for name, p in model.backbone.named_parameters()}
-    config = RunConfig(meta_batch_size=4, maml_meta_batch_size=2, eval_every=2, validation_users=8, max_outer_steps=3)
+    config = RunConfig(meta_batch_size=4, maml_meta_batch_size=2, validation_users=8, max_outer_steps=3)
     for algorithm in (SHARED, "reptile", "fomaml", "maml"):
         Trainer(model, data, split, ProfileTokens(data, None, 8), config, algorithm).train(60, show_progress=False)
     for name, parameter in model.backbone.named_parameters():
@@ -79,7 +79,7 @@ def test_backbone_bitwise_unchanged_after_training(model):
 def test_training_lowers_validation_loss_direction(model):
     data = toy_data(num_users=40, num_items=30)
     split = split_users(data, seed=0)
-    config = RunConfig(meta_batch_size=8, eval_every=5, validation_users=8, max_outer_steps=20, outer_lr=1e-2)
+    config = RunConfig(meta_batch_size=8, validation_users=8, max_outer_steps=20, outer_lr=1e-2)
     trainer = Trainer(model, data, split, ProfileTokens(data, None, 8), config, "fomaml")
     users, k, stops = trainer.sample_episode()
     log = trainer.train(60, show_progress=False)

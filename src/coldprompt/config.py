@@ -45,10 +45,10 @@ class RunConfig:
     outer_lr: float = 1e-3  # Adam learning rate of shared modules and the initialisation
     reptile_epsilon: float = 0.1  # Reptile step size towards the adapted prompts
     grad_clip: float = 1.0  # max global gradient norm of an outer step
-    shared_budget_s: float = 150.0  # wall seconds for training the shared model (shared prompt, no inner loop)
-    meta_budget_s: float = 60.0  # wall seconds per meta-learner, starting from the shared model
+    shared_budget_s: float = 120.0  # wall seconds for training the shared model (shared prompt, no inner loop)
+    meta_budget_s: float = 50.0  # wall seconds per meta-learner, starting from the shared model
     max_outer_steps: int = 100000  # upper bound on outer steps per training stage
-    eval_every: int = 40  # outer steps between validation checks (model selection)
+    validations: int = 3  # validation checks per training stage, evenly spaced in time (model selection)
 
     # --- output
     output_dir: str = "coldprompt-output"  # results.json, the plot and checkpoints go here
@@ -65,7 +65,7 @@ class RunConfig:
             raise ValueError(f"algorithms: unknown {unknown}; choose from {list(ALGORITHMS)}")
         if not self.ks or any(k < 0 for k in self.ks):
             raise ValueError(f"ks: expected non-negative support sizes, got {self.ks}")
-        for name in ("num_virtual_tokens", "meta_batch_size", "maml_meta_batch_size", "query_size", "batch_size"):
+        for name in ("num_virtual_tokens", "meta_batch_size", "maml_meta_batch_size", "query_size", "batch_size", "validations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.inner_steps < 0:

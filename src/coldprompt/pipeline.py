@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LR_SCALES = (0.1, 1.0, 10.0, 100.0)  # inner learning rates tried for per-user tuning from a random start
+LR_SCALES = (1.0, 10.0, 100.0)  # multiples of inner_lr tried for per-user tuning from a random start
 
 
 @dataclass

@@ -120,24 +120,31 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- loop
     def train(self, budget_s: float, *, show_progress: bool = True) -> TrainingLog:
-        """Train until ``budget_s`` wall seconds or ``max_outer_steps``; restore the best validation state."""
+        """Train until ``budget_s`` wall seconds or ``max_outer_steps``; restore the best validation state.
+
+        Validation runs ``config.validations`` times, evenly spaced over the budget (and once more at the end
+        when steps ran after the last check); its time counts against the budget.
+        """
         log = TrainingLog(self.algorithm)
         best_state = self.trainable_state()
         log.best_validation_ndcg = self.validate()
         log.history.append({"step": 0, "validation_ndcg@10": log.best_validation_ndcg})
         start = time.perf_counter()
+        next_check, checked_at = budget_s / self.config.validations, 0
         progress = tqdm(total=int(budget_s), desc=f"train {self.algorithm}", unit="s", disable=not show_progress)
         losses: list[float] = []
         while time.perf_counter() - start < budget_s and log.outer_steps < self.config.max_outer_steps:
             losses.append(self.outer_step())
             log.outer_steps += 1
             log.users_seen += self.config.maml_meta_batch_size if self.algorithm == "maml" else self.config.meta_batch_size
-            progress.n = min(int(time.perf_counter() - start), int(budget_s))
+            elapsed = time.perf_counter() - start
+            progress.n = min(int(elapsed), int(budget_s))
             progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", step=log.outer_steps)
-            if log.outer_steps % self.config.eval_every == 0:
-                best_state = self._checkpoint(log, losses, best_state)
-        if log.outer_steps % self.config.eval_every:
-            best_state = self._checkpoint(log, losses, best_state)
+            if elapsed >= next_check:
+                best_state = self._checkpoint(log, losses[checked_at:], best_state)
+                checked_at, next_check = len(losses), next_check + budget_s / self.config.validations
+        if checked_at < len(losses):
+            best_state = self._checkpoint(log, losses[checked_at:], best_state)
         progress.close()
         log.seconds = time.perf_counter() - start
         self.load_trainable_state(best_state)
@@ -148,10 +155,9 @@ class Trainer:
         return log
 
     def _checkpoint(self, log: TrainingLog, losses: list[float], best_state: dict) -> dict:
+        """Validate; return the trainable state to keep (the new one if it beats the best so far)."""
         score = self.validate()
-        log.history.append(
-            {"step": log.outer_steps, "train_loss": float(np.mean(losses[-self.config.eval_every :])), "validation_ndcg@10": score}
-        )
+        log.history.append({"step": log.outer_steps, "train_loss": float(np.mean(losses)), "validation_ndcg@10": score})
         if score > log.best_validation_ndcg:
             log.best_validation_ndcg, log.best_step = score, log.outer_steps
             return self.trainable_state()
