@@ -124,6 +124,7 @@ def test_trainable_parameter_count(model):
         text * hidden  # in_proj
         + 2 * items * hidden  # item_in, item_out
         + 3 * hidden  # rating
+        + 2 * hidden  # user_norm
         + hidden * hidden + hidden  # out_proj
         + text * hidden  # text_out
         + items  # item_bias

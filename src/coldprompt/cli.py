@@ -1,4 +1,4 @@
-"""Command-line interface: ``coldprompt run | train | evaluate | recommend | split``."""
+"""Command-line interface: ``coldprompt run | train | evaluate | recommend | split | serve``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(split)
     split.add_argument("--export", required=True, help="JSON file to write the user ids of each part to")
     split.set_defaults(handler=_split)
+
+    serve = commands.add_parser("serve", help="run the HTTP recommendation service on a checkpoint")
+    serve.add_argument("--checkpoint", required=True, help="checkpoint folder written by `coldprompt run` or `train`")
+    serve.add_argument("--db", default="sqlite:///coldprompt.db",
+                       help="SQLAlchemy URL of the user store: sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB "
+                            "(default: sqlite:///coldprompt.db, in the working folder)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="threads that adapt prompts and score items; the CPU cores are shared among them (default: 1)")
+    serve.add_argument("--queue-size", type=int, default=64,
+                       help="model jobs that may wait for a worker; further requests get 503 (default: 64)")
+    serve.add_argument("--data-dir", help="dataset folder, when it moved since training")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -186,7 +200,7 @@ def _recommend(args) -> int:
     items = np.array([index[h] for h in history], dtype=np.int64)
 
     # The new user gets the next free profile slot, so scoring works exactly as for data set users.
-    trained.profiles.ids.append(trained.profiles.for_text(trained.tokenizer, args.profile, 32))
+    trained.profiles.ids.append(trained.profiles.for_text(trained.tokenizer, args.profile, trained.config.max_profile_tokens))
     user = len(trained.profiles.ids) - 1
     steps = trained.manifest["config"]["inner_steps"]
     scorer = SoftPromptScorer(trained.model, trained.profiles, trained.manifest["algorithm"], inner_steps=steps)
@@ -209,6 +223,14 @@ def _split(args) -> int:
     split.export(args.export, data)
     print(f"wrote {args.export}: {len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test users")
     return 0
+
+
+def _serve(args) -> int:
+    from coldprompt.service.server import serve
+    from coldprompt.service.state import ServiceSettings
+
+    settings = ServiceSettings(workers=args.workers, queue_size=args.queue_size, data_dir=args.data_dir)
+    return serve(args.checkpoint, args.db, host=args.host, port=args.port, settings=settings)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class RunConfig:
     backbone_dtype: str = "auto"  # float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 support)
     item_encoder_layer: int | None = 15  # backbone layer whose mean-pooled states encode item texts (None = last)
     num_virtual_tokens: int = 8  # P, soft-prompt length in tokens
-    max_profile_tokens: int = 32  # profile sentences are cut to this many tokens
+    max_profile_tokens: int = 24  # profile sentences are cut to this many tokens
     learn_item_ids: bool = True  # learn item id embeddings from meta-train interactions
 
     # --- inner loop

@@ -276,10 +276,16 @@ class TrainedModel:
     data: InteractionData
     manifest: dict
     tokenizer: object
+    config: RunConfig
 
 
-def load_trained(checkpoint: str | Path, backbone_source: str | None = None, data_dir: str | None = None) -> TrainedModel:
-    """Load a checkpoint with its data set and backbone; reject a different catalogue or backbone."""
+def load_trained(
+    checkpoint: str | Path, backbone_source: str | None = None, data_dir: str | None = None, dtype: str | None = None
+) -> TrainedModel:
+    """Load a checkpoint with its data set and backbone; reject a different catalogue or backbone.
+
+    ``dtype`` overrides the backbone dtype setting the checkpoint was trained with (auto, float32, bfloat16).
+    """
     from coldprompt.config import load_config
     from coldprompt.llm.backbone import load_backbone, resolve_dtype
 
@@ -287,6 +293,8 @@ def load_trained(checkpoint: str | Path, backbone_source: str | None = None, dat
     config = load_config(**{k: v for k, v in info["config"].items() if v is not None})
     if data_dir is not None:
         config.data_dir = data_dir
+    if dtype is not None:
+        config.backbone_dtype = dtype
     data = load_dataset(config.dataset, config.data_dir, shuffle_seed=config.seed)
     if data.item_ids != info["dataset"]["item_ids"]:
         raise ValueError(f"{checkpoint}: the data set's catalogue differs from the one the checkpoint was trained on")
@@ -302,4 +310,4 @@ def load_trained(checkpoint: str | Path, backbone_source: str | None = None, dat
         for name, parameter in model.named_parameters():
             if name in state:
                 parameter.copy_(state[name])
-    return TrainedModel(model, profiles, data, info, backbone.tokenizer)
+    return TrainedModel(model, profiles, data, info, backbone.tokenizer, config)

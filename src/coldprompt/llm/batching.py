@@ -12,21 +12,25 @@ from coldprompt.llm.model import SequenceBatch, rating_classes
 
 
 class ProfileTokens:
-    """Token ids of each user's profile sentence, tokenised once; empty when the dataset has no profiles."""
+    """Token ids of each user's profile sentence, tokenised once; empty when the data set has no profiles.
+
+    The sentence is used bare (no "User profile:" wrapper): every profile token is paid for at every forward
+    pass of that user, training included, and the soft prompt that follows can learn the framing.
+    """
 
     def __init__(self, data: InteractionData, tokenizer, max_tokens: int):
+        self.max_tokens = max_tokens
         self.ids: list[list[int]] = [[] for _ in range(data.num_users)]
         if data.user_profiles is None or tokenizer is None:
             return
         for user, sentence in enumerate(data.user_profiles):
-            if sentence:
-                text = f"User profile: {sentence}\nItems:"
-                self.ids[user] = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+            self.ids[user] = self.for_text(tokenizer, sentence, max_tokens)
 
-    def for_text(self, tokenizer, sentence: str | None, max_tokens: int) -> list[int]:
+    @staticmethod
+    def for_text(tokenizer, sentence: str | None, max_tokens: int) -> list[int]:
         if not sentence or tokenizer is None:
             return []
-        return tokenizer(f"User profile: {sentence}\nItems:", add_special_tokens=False)["input_ids"][:max_tokens]
+        return tokenizer(sentence, add_special_tokens=False)["input_ids"][:max_tokens]
 
 
 def make_sequence_batch(

@@ -40,6 +40,9 @@ class SequenceBatch:
     profile_ids: torch.Tensor  # int64 [B, Lp] profile token ids (padded with 0)
     profile_lengths: torch.Tensor  # int64 [B]
 
+    def to(self, device: torch.device | str) -> "SequenceBatch":
+        return SequenceBatch(*(getattr(self, f).to(device) for f in ("items", "ratings", "lengths", "profile_ids", "profile_lengths")))
+
 
 def rating_classes(ratings: np.ndarray) -> np.ndarray:
     classes = np.full(len(ratings), RATING_UNKNOWN, dtype=np.int64)
@@ -87,6 +90,9 @@ class SoftPromptRecommender(nn.Module):
         self.item_out.weight.requires_grad_(learn_item_ids)
         self.rating = nn.Embedding(3, hidden)
         nn.init.zeros_(self.rating.weight)
+        # Hidden states after the backbone's final norm can have a few very large dimensions (more so after
+        # profile text), which made initial scores huge; a LayerNorm first keeps the initial loss near log(N).
+        self.user_norm = nn.LayerNorm(hidden)
         self.out_proj = nn.Linear(hidden, hidden)
         self.text_out = nn.Linear(item_encodings.shape[1], hidden, bias=False)
         nn.init.normal_(self.text_out.weight, std=1.0 / math.sqrt(item_encodings.shape[1]))
@@ -142,11 +148,12 @@ class SoftPromptRecommender(nn.Module):
 
         # Rows are laid out as [profile | prompt | items] then compacted left so padding sits at the right.
         pieces = torch.cat([profile, prompts, items], dim=1)  # [B, Lp + P + T, H]
+        device = batch.items.device
         real = torch.cat(
             [
-                torch.arange(Lp).expand(B, Lp) < batch.profile_lengths[:, None],
-                torch.ones(B, P, dtype=torch.bool),
-                torch.arange(T).expand(B, T) < batch.lengths[:, None],
+                torch.arange(Lp, device=device).expand(B, Lp) < batch.profile_lengths[:, None],
+                torch.ones(B, P, dtype=torch.bool, device=device),
+                torch.arange(T, device=device).expand(B, T) < batch.lengths[:, None],
             ],
             dim=1,
         )
@@ -160,7 +167,7 @@ class SoftPromptRecommender(nn.Module):
 
         # Prediction positions: last prompt token, then each item slot.
         start = batch.profile_lengths + P - 1  # [B]
-        index = start[:, None] + torch.arange(T + 1)[None, :]  # [B, T + 1]
+        index = start[:, None] + torch.arange(T + 1, device=device)[None, :]  # [B, T + 1]
         index = index.clamp_max(hidden.shape[1] - 1)
         return torch.gather(hidden, 1, index[..., None].expand(B, T + 1, hidden.shape[-1]))
 
@@ -170,7 +177,7 @@ class SoftPromptRecommender(nn.Module):
         The dot product is divided by sqrt(H), as in attention, so that the initial scores are small and the
         initial cross-entropy is close to log(N).
         """
-        user = self.out_proj(hidden.float())
+        user = self.out_proj(self.user_norm(hidden.float()))
         return user @ self.item_outputs().T / math.sqrt(user.shape[-1]) + self.item_bias
 
     def position_losses(self, prompts: torch.Tensor, batch: SequenceBatch, first: int, last: torch.Tensor) -> torch.Tensor:
@@ -183,12 +190,12 @@ class SoftPromptRecommender(nn.Module):
         targets = batch.items[:, first:T]
         logits = self.logits(hidden)
         ce = F.cross_entropy(logits.reshape(-1, self.num_items), targets.reshape(-1), reduction="none").view(B, -1)
-        slot = torch.arange(first, T)[None, :]
+        slot = torch.arange(first, T, device=batch.items.device)[None, :]
         use = (slot < last[:, None]).float()
         return (ce * use).sum(dim=1) / use.sum(dim=1).clamp_min(1.0)
 
     def user_scores(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """Scores for the item after each user's last real item: [B, N]."""
         hidden = self.hidden_states(prompts, batch)
-        last = hidden[torch.arange(hidden.shape[0]), batch.lengths]  # [B, H]
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.lengths]  # [B, H]
         return self.logits(last)

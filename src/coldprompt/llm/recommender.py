@@ -50,7 +50,7 @@ class SoftPromptScorer:
         for user in users:
             generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(user))
             rows.append(torch.randn(init.shape, generator=generator) * scale)
-        return torch.stack(rows)
+        return torch.stack(rows).to(init.device)
 
     def adapted_prompts(self, batch: ScoringBatch, inputs) -> torch.Tensor:
         prompts = self.starting_prompts(batch.users)
@@ -63,9 +63,10 @@ class SoftPromptScorer:
         return adapted.detach()
 
     def score(self, batch: ScoringBatch) -> np.ndarray:
+        device = self.model.prompt_init.device
         inputs = make_sequence_batch(
             batch.supports, batch.support_ratings, [self.profiles.ids[u] for u in batch.users]
-        )
+        ).to(device)
         prompts = self.adapted_prompts(batch, inputs)
         with torch.no_grad():
-            return self.model.user_scores(prompts, inputs).double().numpy()
+            return self.model.user_scores(prompts, inputs).double().cpu().numpy()
