@@ -103,3 +103,14 @@ def test_split_export(tmp_path: Path):
     assert main(["split", "--export", str(path)]) == 0
     parts = json.loads(path.read_text())
     assert len(parts["train"]) + len(parts["validation"]) + len(parts["test"]) == 610
+
+
+def test_checkpoint_from_other_version_rejected(tiny_run: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "old"
+    copy.mkdir()
+    (copy / "prompt_model.safetensors").write_bytes((tiny_run / "checkpoint" / "prompt_model.safetensors").read_bytes())
+    manifest = json.loads((tiny_run / "checkpoint" / "checkpoint.json").read_text())
+    manifest["config"]["eval_every"] = 40  # a setting this version does not have
+    (copy / "checkpoint.json").write_text(json.dumps(manifest))
+    assert main(["recommend", "--checkpoint", str(copy), "--history", "1"]) == 2
+    assert "retrain it" in capsys.readouterr().err

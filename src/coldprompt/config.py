@@ -87,7 +87,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"{path}: expected a mapping of setting names to values at the top level")
         _check_keys(loaded, str(path))
         values.update(loaded)
-    values.update({k: v for k, v in fields.items() if v is not None})
+    given = {k: v for k, v in fields.items() if v is not None}
+    _check_keys(given, "settings")
+    values.update(given)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:

@@ -17,7 +17,7 @@ from coldprompt.baselines.simple import (
     PopularityRecommender,
     RandomRecommender,
 )
-from coldprompt.checkpoint import check_backbone, load_checkpoint, save_checkpoint
+from coldprompt.checkpoint import CheckpointError, check_backbone, load_checkpoint, save_checkpoint
 from coldprompt.config import RunConfig
 from coldprompt.data.dataset import InteractionData
 from coldprompt.data.registry import load_dataset
@@ -290,7 +290,13 @@ def load_trained(
     from coldprompt.llm.backbone import load_backbone, resolve_dtype
 
     state, info = load_checkpoint(checkpoint)
-    config = load_config(**{k: v for k, v in info["config"].items() if v is not None})
+    try:
+        config = load_config(**{k: v for k, v in info["config"].items() if v is not None})
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{checkpoint}: its settings do not match this version of coldprompt ({error}); retrain it with "
+            "`coldprompt train`"
+        ) from error
     if data_dir is not None:
         config.data_dir = data_dir
     if dtype is not None:
@@ -305,7 +311,10 @@ def load_trained(
     model, profiles = build_model(config, data, backbone, show_progress=False)
     missing = set(n for n, _ in model.named_parameters() if not n.startswith("backbone.")) - set(state)
     if missing:
-        raise ValueError(f"{checkpoint}: tensors {sorted(missing)} are missing from the checkpoint")
+        raise CheckpointError(
+            f"{checkpoint}: tensors {sorted(missing)} are missing, so it was written by an older version of "
+            "coldprompt; retrain it with `coldprompt train`"
+        )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name in state:
