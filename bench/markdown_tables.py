@@ -34,7 +34,35 @@ def main(paths: list[str]) -> int:
             for name, summary in results["methods"].items()
         )
         print(f"\nWall time (fit + evaluate): {timings}\n")
+        print_llm_details(results)
     return 0
+
+
+def print_llm_details(results: dict) -> None:
+    """Training stages, model selection and paired tests of a `coldprompt run` result, when present."""
+    llm = results.get("llm")
+    if not llm:
+        return
+    print(f"Backbone {llm['backbone']['identity']} (sha256 {llm['backbone']['sha256'][:12]}...), "
+          f"{llm['trainable_parameters']:,} trainable parameters against {llm['backbone_parameters']:,} frozen; "
+          f"meta-learner chosen on validation users: **{llm['best_algorithm_on_validation']}** "
+          f"(validation NDCG@10 " + ", ".join(f"{a} {v:.4f}" for a, v in llm["validation_ndcg@10"].items()) + ")\n")
+    print("| stage | outer steps | users seen | seconds | users/s | best validation NDCG@10 (step) |")
+    print("|---|---|---|---|---|---|")
+    for name, log in results["training"].items():
+        print(f"| {name} | {log['outer_steps']} | {log['users_seen']} | {log['seconds']:.0f} | "
+              f"{log['users_per_second']:.1f} | {log['best_validation_ndcg@10']:.4f} ({log['best_step']}) |")
+    tests = results.get("paired_tests", [])
+    if tests:
+        print(f"\nPaired tests on the same {tests[0]['users']} test users, NDCG@10, "
+              f"{tests[0]['a']} minus the other method (95% bootstrap interval of the mean difference):\n")
+        print("| other method | K | difference | interval | p (paired bootstrap) | p (Wilcoxon) |")
+        print("|---|---|---|---|---|---|")
+        for test in tests:
+            diff = test["difference"]
+            print(f"| {test['b']} | {test['k']} | {diff['mean']:+.4f} | [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] | "
+                  f"{test['p_paired_bootstrap']:.3g} | {test['p_wilcoxon']:.3g} |")
+    print(f"\nTotal wall time of the run: {results.get('wall_seconds', float('nan')):.0f} s\n")
 
 
 if __name__ == "__main__":
