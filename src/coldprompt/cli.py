@@ -13,7 +13,7 @@ DATASET_HELP = (
     "dataset name: ml-latest-small (shipped with the package, the default), ml-1m, ml-1m-timestamped, ml-100k, "
     "recbole (any RecBole atomic folder), amazon-games, amazon-beauty, amazon (JSON lines), movielens-csv"
 )
-METHODS = ("random", "popularity", "onboarding", "cooccurrence", "blend", "all")
+METHODS = ("random", "popularity", "onboarding", "cooccurrence", "blend", "ease", "als", "sasrec", "melu", "simple", "all")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="evaluate baselines or a checkpoint on meta-test users")
     _add_data_options(evaluate)
-    evaluate.add_argument("--method", choices=METHODS, default="all", help="baseline to evaluate (default: all)")
+    evaluate.add_argument("--method", choices=METHODS, default="simple",
+                          help="baseline to evaluate: one name, 'simple' (random, popularity, onboarding, "
+                               "co-occurrence, blend; the default) or 'all' (also EASE, ALS, SASRec, MeLU)")
+    evaluate.add_argument("--budget", type=float, default=120.0,
+                          help="training budget of SASRec and MeLU, in seconds each (default: 120)")
     evaluate.add_argument("--checkpoint", help="evaluate this checkpoint folder instead of a baseline")
     evaluate.add_argument("--split", help="split file written by `coldprompt split --export` (default: seeded split)")
     evaluate.add_argument("--ks", default="0,1,3,5,10", help="support sizes K, comma-separated (default: 0,1,3,5,10)")
@@ -146,7 +150,7 @@ def _evaluate(args) -> int:
     from coldprompt.data.registry import load_dataset
     from coldprompt.evaluation.protocol import UserSplit, evaluation_users, split_users
     from coldprompt.evaluation.report import format_report, write_results
-    from coldprompt.pipeline import Experiment, Runner, baseline_recommenders
+    from coldprompt.pipeline import Experiment, Runner
     from coldprompt.config import RunConfig
 
     ks = [int(k) for k in args.ks.split(",")]
@@ -159,18 +163,31 @@ def _evaluate(args) -> int:
     if args.checkpoint:
         _add_checkpoint(runner, args)
     else:
-        wanted = {"random": "random", "popularity": "popularity", "onboarding": "onboarding popularity",
-                  "cooccurrence": "co-occurrence", "blend": "co-occurrence + onboarding (blend)"}
-        for recommender in baseline_recommenders(data, args.seed):
-            if args.method == "all" or recommender.name == wanted[args.method]:
-                start = time.perf_counter()
-                recommender.fit(data, split, ks)
-                runner.add(recommender, time.perf_counter() - start)
+        for recommender in _baselines_for(args.method, data, args.seed, args.budget):
+            start = time.perf_counter()
+            recommender.fit(data, split, ks)
+            runner.add(recommender, time.perf_counter() - start)
     results = runner.summary({"command": " ".join(["coldprompt"] + sys.argv[1:])})
     print(format_report(results))
     path = write_results(results, Path(args.output).parent, Path(args.output).name)
     print(f"\nwrote {path}")
     return 0
+
+
+def _baselines_for(method: str, data, seed: int, budget_s: float) -> list:
+    from coldprompt.baselines.strong import strong_recommenders
+    from coldprompt.pipeline import baseline_recommenders
+
+    simple = baseline_recommenders(data, seed)
+    if method == "simple":
+        return simple
+    strong = strong_recommenders(seed=seed, budget_s=budget_s)
+    if method == "all":
+        return simple + strong
+    names = {"random": "random", "popularity": "popularity", "onboarding": "onboarding popularity",
+             "cooccurrence": "co-occurrence", "blend": "co-occurrence + onboarding (blend)",
+             "ease": "EASE", "als": "ALS", "sasrec": "SASRec", "melu": "MeLU"}
+    return [r for r in simple + strong if r.name == names[method]]
 
 
 def _add_checkpoint(runner, args) -> None:
