@@ -87,9 +87,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"{path}: expected a mapping of setting names to values at the top level")
         _check_keys(loaded, str(path))
         values.update(loaded)
-    given = {k: v for k, v in fields.items() if v is not None}
-    _check_keys(given, "settings")
-    values.update(given)
+    keyword_values = {k: v for k, v in fields.items() if v is not None}
+    _check_keys(keyword_values, "settings")
+    values.update(keyword_values)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -128,7 +128,12 @@ def _coerce(key: str, value):
         origin = typing.get_origin(option)
         if origin is list:
             inner = typing.get_args(option)[0]
-            items = value if isinstance(value, list) else [value] if isinstance(value, (str, int)) else None
+            if isinstance(value, list):
+                items = value
+            elif isinstance(value, (str, int)):
+                items = [value]
+            else:
+                items = None
             if items is not None and all(isinstance(i, inner) and not isinstance(i, bool) or inner is str and isinstance(i, str) for i in items):
                 return list(items)
             continue

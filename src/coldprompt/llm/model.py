@@ -6,8 +6,8 @@ padding and position ids are 0..L-1 as when the row is alone)::
     [profile tokens] [P virtual tokens = the user's soft prompt] [item_1] [item_2] ... [item_T]
 
 * Items are one input vector each: ``in_proj(text encoding) + item id embedding + rating embedding``. The text
-  encoding is the frozen backbone's mean-pooled hidden state for "Title (Year), genres"; the id embedding is
-  learned from meta-train interactions and carries collaborative signal that titles alone do not.
+  encoding is the frozen backbone's mean-pooled hidden state for "Title (Year), genres". The id embedding is
+  learned from meta-train interactions, so it carries collaborative signal that titles alone do not.
 * The soft prompt sits after the profile and before the items, so under causal attention it conditions how
   every item is read, while the profile (plain text, known at sign-up) is read first.
 * The hidden state at the last prompt position predicts item_1, the one at item_t predicts item_{t+1}. A
@@ -90,8 +90,8 @@ class SoftPromptRecommender(nn.Module):
         self.item_out.weight.requires_grad_(learn_item_ids)
         self.rating = nn.Embedding(3, hidden)
         nn.init.zeros_(self.rating.weight)
-        # Hidden states after the backbone's final norm can have a few very large dimensions (more so after
-        # profile text), which made initial scores huge; a LayerNorm first keeps the initial loss near log(N).
+        # Hidden states after the backbone's final norm can have a few very large dimensions, more so after
+        # profile text. A LayerNorm first keeps the initial loss near log(N) instead of twice that.
         self.user_norm = nn.LayerNorm(hidden)
         self.out_proj = nn.Linear(hidden, hidden)
         self.text_out = nn.Linear(item_encodings.shape[1], hidden, bias=False)

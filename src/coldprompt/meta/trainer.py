@@ -25,7 +25,7 @@ SHARED = "shared"  # one prompt for every user, no inner loop: the ablation and 
 
 @dataclass
 class TrainingLog:
-    """What happened during one training stage."""
+    """Step counts, timings and validation history of one training stage."""
 
     algorithm: str
     outer_steps: int = 0
@@ -122,8 +122,8 @@ class Trainer:
     def train(self, budget_s: float, *, show_progress: bool = True) -> TrainingLog:
         """Train until ``budget_s`` wall seconds or ``max_outer_steps``; restore the best validation state.
 
-        Validation runs ``config.validations`` times, evenly spaced over the budget (and once more at the end
-        when steps ran after the last check); its time counts against the budget.
+        Validation runs ``config.validations`` times, evenly spaced over the budget, and once more at the end
+        when steps ran after the last check. Its time counts against the budget.
         """
         log = TrainingLog(self.algorithm)
         best_state = self.trainable_state()
@@ -184,7 +184,7 @@ def _validation_users(data: InteractionData, split: UserSplit, config: RunConfig
 
 
 def _stable_code(text: str) -> int:
-    """A process-independent integer for a string (``hash`` depends on PYTHONHASHSEED)."""
+    """Return an integer for ``text`` that is the same in every process (``hash`` depends on PYTHONHASHSEED)."""
     return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little") % (2**31)
 
 

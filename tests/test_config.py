@@ -1,0 +1,61 @@
+"""Run configuration: YAML files, typed overrides, rejected keys and values."""
+
+from pathlib import Path
+
+import pytest
+
+from coldprompt.config import RunConfig, load_config
+
+DEFAULT_YAML = Path(__file__).parents[1] / "src" / "coldprompt" / "configs" / "default.yaml"
+
+
+def test_default_yaml_matches_dataclass():
+    assert load_config(DEFAULT_YAML) == RunConfig()
+
+
+def test_overrides_are_typed():
+    config = load_config(overrides=["inner_steps=2", "inner_lr=1", "ks=[1, 3]", "algorithms=fomaml", "backbone=null"])
+    assert config.inner_steps == 2
+    assert config.inner_lr == 1.0 and isinstance(config.inner_lr, float)
+    assert config.ks == [1, 3]
+    assert config.algorithms == ["fomaml"]
+    assert config.backbone is None
+
+
+def test_override_beats_yaml_and_keyword(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("inner_steps: 3\nmeta_batch_size: 4\n")
+    config = load_config(path, ["inner_steps=5"], meta_batch_size=8)
+    assert config.inner_steps == 5
+    assert config.meta_batch_size == 8
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("inner_stepz=2", "unknown setting"),
+        ("inner_steps=two", "inner_steps"),
+        ("inner_steps", "expected key=value"),
+        ("algorithms=[sgd]", "algorithms"),
+        ("ks=[-1]", "ks"),
+        ("outer_lr=0", "outer_lr"),
+        ("backbone_dtype=float16", "backbone_dtype"),
+    ],
+)
+def test_invalid_override_rejected(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(overrides=[override])
+
+
+def test_unknown_yaml_key_names_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("inner_steps: 1\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="run.yaml.*learning_rate"):
+        load_config(path)
+
+
+def test_yaml_must_be_mapping(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(path)
