@@ -147,13 +147,16 @@ def plot_ndcg(results: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     ks = results["ks"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.cm.tab20.colors  # 20 distinct colours: the default cycle repeats after 10 methods
     for offset, (name, summary) in enumerate(results["methods"].items()):
         means = np.array([summary["metrics"][str(k)]["ndcg@10"]["mean"] for k in ks])
         low = np.array([summary["metrics"][str(k)]["ndcg@10"]["ci95_low"] for k in ks])
         high = np.array([summary["metrics"][str(k)]["ndcg@10"]["ci95_high"] for k in ks])
         x = np.array(ks, dtype=float) + (offset - len(results["methods"]) / 2) * 0.05
-        ax.errorbar(x, means, yerr=[means - low, high - means], marker="o", capsize=3, label=name)
+        style = "--" if name.startswith("LLM") else "-"  # LLM methods dashed, baselines solid
+        ax.errorbar(x, means, yerr=[means - low, high - means], marker="o", capsize=3, label=name,
+                    linestyle=style, color=colours[offset % len(colours)])
     ax.set_xlabel("K (support interactions)")
     ax.set_ylabel("NDCG@10 (test users, full ranking)")
     ax.set_xticks(ks)
