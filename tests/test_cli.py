@@ -49,7 +49,8 @@ def test_run_records_selection_and_paired_tests(tiny_run: Path):
     assert results["llm"]["best_algorithm_on_validation"] in ("reptile", "fomaml", "maml")
     assert results["llm"]["trainable_parameters"] > 0
     compared = {test["b"] for test in results["paired_tests"]}
-    assert "co-occurrence" in compared and "LLM shared prompt" in compared
+    assert "co-occurrence" in compared
+    assert "LLM shared prompt" in compared
     assert all(0.0 <= test["p_wilcoxon"] <= 1.0 for test in results["paired_tests"])
 
 

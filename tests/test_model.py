@@ -87,7 +87,7 @@ def test_training_lowers_validation_loss_direction(model):
     assert log.best_validation_ndcg >= log.history[0]["validation_ndcg@10"]
 
 
-def test_scorer_inner_step_changes_scores_only_for_k_above_zero(model):
+def test_inner_step_skipped_at_k_zero(model):
     scorer0 = SoftPromptScorer(model, ProfileTokens(toy_data(num_users=40, num_items=30), None, 8), "a", inner_steps=0)
     scorer1 = SoftPromptScorer(model, scorer0.profiles, "b", inner_steps=1)
     empty = ScoringBatch(np.array([0]), [np.array([], dtype=np.int64)], [np.array([])], 0)

@@ -25,7 +25,9 @@ def test_split_is_disjoint_and_complete():
     data = toy_data(num_users=101)
     split = split_users(data, seed=3)
     train, valid, test = (set(p.tolist()) for p in (split.train, split.validation, split.test))
-    assert not (train & valid) and not (train & test) and not (valid & test)
+    assert not train & valid
+    assert not train & test
+    assert not valid & test
     assert len(train | valid | test) == data.num_users
     assert (len(train), len(valid), len(test)) == (81, 10, 10)
 

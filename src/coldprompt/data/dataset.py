@@ -9,7 +9,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: How the order of each user's interactions was decided.
+#: Values of ``InteractionData.order``: the rule that ordered each user's interactions.
 ORDER_TIMESTAMP = "timestamp"  # sorted by timestamp, ties kept in file order
 ORDER_SOURCE = "source order"  # the source lists each user's items in time order already
 ORDER_SEEDED_SHUFFLE = "seeded shuffle"  # no time information: shuffled within each user with a seed

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 class DataFormatError(ValueError):
-    """An input file is invalid; the message names the file, line and field and says what to do."""
+    """An invalid input file. The message names the file, line and field, and states what to do."""
 
     def __init__(self, path: str | Path, message: str, line: int | None = None, field: str | None = None):
         where = str(path)

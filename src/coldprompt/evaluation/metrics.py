@@ -78,8 +78,8 @@ def bootstrap_mean(values: np.ndarray, *, samples: int = 1000, seed: int = 0) ->
 def paired_bootstrap_pvalue(a: np.ndarray, b: np.ndarray, *, samples: int = 10000, seed: int = 0) -> float:
     """Return the two-sided p-value of mean(a - b) = 0 from a paired bootstrap over users.
 
-    The differences are centred to impose the null, then resampled; the p-value is the share of resampled
-    mean differences at least as far from zero as the observed one.
+    The differences are centred to impose the null hypothesis, then resampled. The p-value is the share of
+    resampled mean differences at least as far from zero as the observed one.
     """
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if len(diff) == 0:

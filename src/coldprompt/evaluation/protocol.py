@@ -113,7 +113,7 @@ def _check_disjoint(split: UserSplit, where: object) -> None:
 # ----------------------------------------------------------------------------------------------- cases
 @dataclass
 class ScoringBatch:
-    """What a recommender sees for a batch of evaluation users at one K."""
+    """The inputs a recommender gets for a batch of evaluation users at one K."""
 
     users: np.ndarray  # int64 [B] user indices (for profiles; never for the user's held-out items)
     supports: list[np.ndarray]  # B arrays of K item indices, in interaction order

@@ -73,7 +73,7 @@ def format_table(methods: dict[str, dict], ks: list[int], metric: str, *, markdo
 
 
 def format_report(results: dict, *, markdown: bool = False) -> str:
-    """All metric tables of a results dict, with the users evaluated and left out."""
+    """Format every metric table of a results dict, with the users evaluated and left out."""
     ks = results["ks"]
     parts = [
         f"{results['dataset']['dataset']}: {results['protocol']}, {results['evaluated_users']} test users at every K "

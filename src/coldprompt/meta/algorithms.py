@@ -1,8 +1,8 @@
 """Inner and outer loops for meta-learning a soft-prompt initialisation.
 
 Every user is a task. The inner loop adapts a batch of per-user prompts ``[B, P, H]`` with gradient steps on
-each user's support loss; because users never interact inside a forward pass, the gradient of the summed loss
-with respect to the prompt batch is each user's own gradient, so B users adapt in one backward pass.
+each user's support loss. Users never interact inside a forward pass, so the gradient of the summed loss with
+respect to the prompt batch is each user's own gradient, and B users adapt in one backward pass.
 
 Outer loops (the meta-gradient is written into ``.grad`` of the initialisation and shared modules; the caller
 steps its optimiser):
@@ -43,8 +43,8 @@ def adapt(
 ) -> torch.Tensor:
     """Run ``steps`` gradient steps on each user's prompt and return the adapted prompts ``[B, P, H]``.
 
-    With ``second_order`` the returned tensor stays differentiable through the inner gradients (MAML);
-    otherwise the inner gradients are constants, but the result is still differentiable with respect to
+    With ``second_order`` the returned tensor stays differentiable through the inner gradients (MAML).
+    Without it the inner gradients are constants, but the result is still differentiable with respect to
     ``prompts`` (identity Jacobian) and ``inner_lr`` (FOMAML, Meta-SGD).
     """
     if steps == 0:
