@@ -42,9 +42,14 @@ from coldprompt.llm.backbone import (
     encode_items_cached,
     encode_texts,
     file_sha256,
-    load_backbone,
     resolve_cache_dir,
 )
+from coldprompt.llm.backbone import load_backbone as load_any_engine
+
+
+def load_backbone(*args, **kwargs) -> Backbone:
+    """These tests check the transformers engine's models; tests/test_lean.py checks the lean engine."""
+    return load_any_engine(*args, **({"engine": "transformers"} | kwargs))
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +393,7 @@ def test_hub_failure_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
-    monkeypatch.setattr(backbone_module.AutoModelForCausalLM, "from_pretrained", offline)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", offline)
 
     with pytest.raises(OSError, match="from some-org/some-model.*reachable Hugging Face Hub id"):
         load_backbone("some-org/some-model", cache_dir=tmp_path)

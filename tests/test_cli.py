@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def test_run_records_selection_and_paired_tests(tiny_run: Path):
     compared = {test["b"] for test in results["paired_tests"]}
     assert "co-occurrence" in compared
     assert "LLM shared prompt" in compared
+    against_best = [test for test in results["paired_tests"] if test.get("against_best_baseline")]
+    assert [test["k"] for test in against_best] == results["ks"]
     assert all(0.0 <= test["p_wilcoxon"] <= 1.0 for test in results["paired_tests"])
 
 
@@ -67,6 +70,26 @@ def test_recommend_prints_top_titles(tiny_run: Path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 5
     assert lines[0].startswith(" 1. ")
+
+
+def test_recommend_reads_the_catalogue_from_the_checkpoint(tiny_run: Path, tmp_path: Path, capsys, monkeypatch):
+    """`recommend` scores a new user from the manifest's catalogue, as it would from the data set's files."""
+    older = tmp_path / "without-catalogue"
+    shutil.copytree(tiny_run / "checkpoint", older)
+    manifest = json.loads((older / "checkpoint.json").read_text())
+    del manifest["dataset"]["item_titles"], manifest["dataset"]["item_genres"]
+    (older / "checkpoint.json").write_text(json.dumps(manifest))
+    args = ["recommend", "--history", "1,260,1196", "--top", "5"]
+    assert main(args + ["--checkpoint", str(older)]) == 0  # reads the data set
+    with_data = capsys.readouterr().out
+    args += ["--checkpoint", str(tiny_run / "checkpoint")]
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data set was read")
+
+    monkeypatch.setattr("coldprompt.pipeline.load_dataset", no_data)
+    assert main(args) == 0
+    assert capsys.readouterr().out == with_data
 
 
 def test_recommend_rejects_unknown_item(tiny_run: Path, capsys):

@@ -59,3 +59,19 @@ def test_yaml_must_be_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config(path)
+
+
+def test_float_lists_accept_integers_and_reject_bad_grids():
+    assert load_config(overrides=["ease_lambdas=[100, 2500.5]"]).ease_lambdas == [100.0, 2500.5]
+    with pytest.raises(ValueError, match="ease_lambdas"):
+        load_config(overrides=["ease_lambdas=[100, -1]"])
+    with pytest.raises(ValueError, match="ease_lambdas"):
+        load_config(overrides=["ease_lambdas=[]"])
+    with pytest.raises(ValueError, match="ease_lambdas"):
+        load_config(overrides=["ease_lambdas=[a, b]"])
+
+
+def test_backbone_engine_is_checked():
+    assert load_config(overrides=["backbone_engine=transformers"]).backbone_engine == "transformers"
+    with pytest.raises(ValueError, match="backbone_engine: expected auto, lean or transformers"):
+        load_config(overrides=["backbone_engine=onnx"])

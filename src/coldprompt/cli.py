@@ -139,7 +139,9 @@ def _train(args) -> int:
     experiment = prepare(config)
     runner = Runner(experiment)
     attn = "eager" if "maml" in config.algorithms else "sdpa"
-    backbone = load_backbone(config.backbone, attn_implementation=attn, dtype=resolve_dtype(config.backbone_dtype))
+    backbone = load_backbone(
+        config.backbone, attn_implementation=attn, dtype=resolve_dtype(config.backbone_dtype), engine=config.backbone_engine
+    )
     info = run_llm_methods(runner, backbone, Path(config.output_dir))
     print(json.dumps({k: v for k, v in info.items()}, indent=1))
     print(f"checkpoint: {Path(config.output_dir) / 'checkpoint'}")
@@ -207,7 +209,7 @@ def _recommend(args) -> int:
     from coldprompt.llm.recommender import SoftPromptScorer
     from coldprompt.pipeline import load_trained
 
-    trained = load_trained(args.checkpoint, data_dir=args.data_dir)
+    trained = load_trained(args.checkpoint, data_dir=args.data_dir, catalogue_only=True)
     data = trained.data
     index = {item: i for i, item in enumerate(data.item_ids)}
     history = [h.strip() for h in args.history.split(",") if h.strip()]

@@ -28,6 +28,7 @@ class RunConfig:
     # --- backbone and model
     backbone: str | None = None  # GGUF file, local folder or hub id; None = SmolLM2-135M-Instruct GGUF
     backbone_dtype: str = "auto"  # float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 support)
+    backbone_engine: str = "auto"  # lean (coldprompt's Llama decoder), transformers, or auto (lean where it fits)
     item_encoder_layer: int | None = 15  # backbone layer whose mean-pooled states encode item texts (None = last)
     num_virtual_tokens: int = 8  # P, soft-prompt length in tokens
     max_profile_tokens: int = 24  # profile sentences are cut to this many tokens
@@ -50,6 +51,12 @@ class RunConfig:
     max_outer_steps: int = 100000  # upper bound on outer steps per training stage
     validations: int = 3  # validation checks per training stage, evenly spaced in time (model selection)
 
+    # --- baselines
+    strong_baselines: bool = False  # also fit EASE, ALS, SASRec and MeLU (see docs/baselines.md)
+    baseline_budget_s: float = 120.0  # wall seconds for each neural baseline's fit (SASRec, MeLU)
+    ease_lambdas: list[float] | None = None  # EASE L2 grid; None = the default grid (11 values)
+    ease_float32: bool = False  # EASE in float32: half the memory, needed for catalogues of 10,000+ items
+
     # --- output
     output_dir: str = "coldprompt-output"  # results.json, the plot and checkpoints go here
     batch_size: int = 32  # users per forward pass at evaluation
@@ -60,6 +67,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.backbone_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"backbone_dtype: expected auto, float32 or bfloat16, got {self.backbone_dtype!r}")
+        if self.backbone_engine not in ("auto", "lean", "transformers"):
+            raise ValueError(f"backbone_engine: expected auto, lean or transformers, got {self.backbone_engine!r}")
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown:
             raise ValueError(f"algorithms: unknown {unknown}; choose from {list(ALGORITHMS)}")
@@ -70,7 +79,9 @@ class RunConfig:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.inner_steps < 0:
             raise ValueError(f"inner_steps: must be >= 0, got {self.inner_steps}")
-        for name in ("inner_lr", "outer_lr", "reptile_epsilon"):
+        if self.ease_lambdas is not None and (not self.ease_lambdas or min(self.ease_lambdas) <= 0):
+            raise ValueError(f"ease_lambdas: expected a non-empty list of positive values, got {self.ease_lambdas}")
+        for name in ("inner_lr", "outer_lr", "reptile_epsilon", "baseline_budget_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
@@ -134,6 +145,8 @@ def _coerce(key: str, value):
                 items = [value]
             else:
                 items = None
+            if items is not None and inner is float and all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in items):
+                return [float(i) for i in items]
             if items is not None and all(isinstance(i, inner) and not isinstance(i, bool) or inner is str and isinstance(i, str) for i in items):
                 return list(items)
             continue

@@ -83,6 +83,7 @@ class Runner:
         self.results: dict[str, MethodResult] = {}
         self.fit_seconds: dict[str, float] = {}
         self.training: dict[str, dict] = {}
+        self.baseline_names: list[str] = []
 
     def add(self, recommender, fit_seconds: float) -> MethodResult:
         e = self.experiment
@@ -99,7 +100,15 @@ class Runner:
 
     def run_baselines(self) -> None:
         e = self.experiment
-        for recommender in baseline_recommenders(e.data, e.config.seed):
+        recommenders = baseline_recommenders(e.data, e.config.seed)
+        if e.config.strong_baselines:
+            from coldprompt.baselines.strong import strong_recommenders
+
+            recommenders += strong_recommenders(
+                e.config.seed, e.config.baseline_budget_s, e.config.ease_lambdas, e.config.ease_float32
+            )
+        self.baseline_names = [r.name for r in recommenders]
+        for recommender in recommenders:
             start = time.perf_counter()
             recommender.fit(e.data, e.split, e.config.ks)
             self.add(recommender, time.perf_counter() - start)
@@ -222,7 +231,9 @@ def manifest(config: RunConfig, data: InteractionData, backbone: Backbone, algor
     return {
         "algorithm": algorithm,
         "backbone": {"identity": backbone.identity, "sha256": backbone.sha256, "source": backbone.source},
-        "dataset": {"name": data.name, "num_items": data.num_items, "item_ids": data.item_ids},
+        # The catalogue's texts too, so that serving and `recommend` need not read the interactions.
+        "dataset": {"name": data.name, "num_items": data.num_items, "item_ids": data.item_ids,
+                    "item_titles": data.item_titles, "item_genres": data.item_genres},
         "config": config.to_dict(),
     }
 
@@ -235,10 +246,18 @@ def paired_tests(runner: Runner, best: str | None) -> list[dict]:
     others = ["co-occurrence", "co-occurrence + onboarding (blend)", "onboarding popularity", llm_name(SHARED),
               "LLM per-user tuning, random init", llm_name(best, inner=False)]
     tests = []
+    seed = runner.experiment.config.seed
     for other in others:
         if other in runner.results:
             for k in runner.experiment.config.ks:
-                tests.append(paired_test(ours, runner.results[other], k, seed=runner.experiment.config.seed))
+                tests.append(paired_test(ours, runner.results[other], k, seed=seed))
+    # Against the strongest baseline at each K, picked by its mean NDCG@10 on the test users themselves. That
+    # choice can only favour the baseline, so it never flatters coldprompt.
+    baselines = [n for n in runner.baseline_names if n in runner.results]
+    for k in runner.experiment.config.ks:
+        if baselines:
+            strongest = max(baselines, key=lambda n: runner.results[n].per_user[k]["ndcg@10"].mean())
+            tests.append(paired_test(ours, runner.results[strongest], k, seed=seed) | {"against_best_baseline": True})
     return tests
 
 
@@ -256,7 +275,9 @@ def run(config: RunConfig, *, show_progress: bool = True, with_llm: bool = True)
         from coldprompt.llm.backbone import load_backbone, resolve_dtype
 
         attn = "eager" if "maml" in config.algorithms else "sdpa"
-        backbone = load_backbone(config.backbone, attn_implementation=attn, dtype=resolve_dtype(config.backbone_dtype))
+        backbone = load_backbone(
+            config.backbone, attn_implementation=attn, dtype=resolve_dtype(config.backbone_dtype), engine=config.backbone_engine
+        )
         extra["llm"] = run_llm_methods(runner, backbone, output_dir)
         extra["llm"]["backbone"] = {"identity": backbone.identity, "sha256": backbone.sha256}
         extra["paired_tests"] = paired_tests(runner, extra["llm"]["best_algorithm_on_validation"])
@@ -280,11 +301,19 @@ class TrainedModel:
 
 
 def load_trained(
-    checkpoint: str | Path, backbone_source: str | None = None, data_dir: str | None = None, dtype: str | None = None
+    checkpoint: str | Path,
+    backbone_source: str | None = None,
+    data_dir: str | None = None,
+    dtype: str | None = None,
+    engine: str | None = None,
+    catalogue_only: bool = False,
 ) -> TrainedModel:
     """Load a checkpoint with its data set and backbone; reject a different catalogue or backbone.
 
-    ``dtype`` overrides the backbone dtype setting the checkpoint was trained with (auto, float32, bfloat16).
+    ``dtype`` overrides the backbone dtype setting the checkpoint was trained with (auto, float32, bfloat16),
+    ``engine`` its backbone engine (auto, lean, transformers). With ``catalogue_only`` and a manifest that
+    holds the catalogue's titles and genres, the data set's files are not read: ``data`` then has the items
+    and no users, which is all that scoring a new user needs.
     """
     from coldprompt.config import load_config
     from coldprompt.llm.backbone import load_backbone, resolve_dtype
@@ -301,11 +330,18 @@ def load_trained(
         config.data_dir = data_dir
     if dtype is not None:
         config.backbone_dtype = dtype
-    data = load_dataset(config.dataset, config.data_dir, shuffle_seed=config.seed)
-    if data.item_ids != info["dataset"]["item_ids"]:
+    if engine is not None:
+        config.backbone_engine = engine
+    stored = info["dataset"]
+    if catalogue_only and "item_titles" in stored and "item_genres" in stored:
+        data = InteractionData.catalogue(stored["name"], stored["item_ids"], stored["item_titles"], stored["item_genres"])
+    else:
+        data = load_dataset(config.dataset, config.data_dir, shuffle_seed=config.seed)
+    if data.item_ids != stored["item_ids"]:
         raise ValueError(f"{checkpoint}: the data set's catalogue differs from the one the checkpoint was trained on")
     backbone = load_backbone(
-        backbone_source or config.backbone, attn_implementation="sdpa", dtype=resolve_dtype(config.backbone_dtype)
+        backbone_source or config.backbone, attn_implementation="sdpa", dtype=resolve_dtype(config.backbone_dtype),
+        engine=config.backbone_engine,
     )
     check_backbone(info, backbone.identity, backbone.sha256, checkpoint)
     model, profiles = build_model(config, data, backbone, show_progress=False)

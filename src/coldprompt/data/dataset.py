@@ -42,6 +42,13 @@ class InteractionData:
         self._sequences: list[np.ndarray] | None = None
         self._rating_sequences: list[np.ndarray] | None = None
 
+    @classmethod
+    def catalogue(cls, name: str, item_ids: list[str], item_titles: list[str], item_genres: list[str]) -> "InteractionData":
+        """A data set with items and no users or interactions, for serving from a checkpoint's own catalogue."""
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(name, empty, empty.copy(), np.zeros(0), np.zeros(0, dtype=np.float32), [], list(item_ids),
+                   list(item_titles), list(item_genres))
+
     @property
     def num_users(self) -> int:
         return len(self.user_ids)

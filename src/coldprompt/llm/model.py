@@ -19,12 +19,14 @@ padding and position ids are 0..L-1 as when the row is alone)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coldprompt.llm.lean import LeanLlama
 
 RATING_UNKNOWN, RATING_LIKED, RATING_DISLIKED = 0, 1, 2
 LIKED_THRESHOLD = 4.0  # ratings at or above this (on a 5-point scale) count as liked
@@ -39,6 +41,9 @@ class SequenceBatch:
     lengths: torch.Tensor  # int64 [B] number of real items per row
     profile_ids: torch.Tensor  # int64 [B, Lp] profile token ids (padded with 0)
     profile_lengths: torch.Tensor  # int64 [B]
+    # Keys and values of the profile tokens, filled on first use by a lean backbone and reused by every later
+    # forward pass over this batch (the profile comes before the prompt, so the prompt never changes them).
+    profile_past: list | None = field(default=None, compare=False, repr=False)
 
     def to(self, device: torch.device | str) -> "SequenceBatch":
         return SequenceBatch(*(getattr(self, f).to(device) for f in ("items", "ratings", "lengths", "profile_ids", "profile_lengths")))
@@ -137,6 +142,8 @@ class SoftPromptRecommender(nn.Module):
 
         Position 0 is the last virtual token (predicts item 1); position t is item t (predicts item t + 1).
         """
+        if isinstance(self.backbone, LeanLlama):  # it can reuse the profile's keys and values
+            return self._hidden_states_with_past(prompts, batch)
         embed = self.backbone.get_input_embeddings()
         B, T = batch.items.shape
         Lp = batch.profile_ids.shape[1]
@@ -170,6 +177,33 @@ class SoftPromptRecommender(nn.Module):
         index = start[:, None] + torch.arange(T + 1, device=device)[None, :]  # [B, T + 1]
         index = index.clamp_max(hidden.shape[1] - 1)
         return torch.gather(hidden, 1, index[..., None].expand(B, T + 1, hidden.shape[-1]))
+
+    def _hidden_states_with_past(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+        """:meth:`hidden_states` with the profile encoded once per batch and passed as keys and values.
+
+        Rows are ``[profile, right-padded] [prompt] [items, right-padded]``; the attention mask has holes where
+        a profile is shorter than the longest, and positions continue from each row's own profile length, so
+        every real token sees exactly what it sees in the compacted layout.
+        """
+        embed = self.backbone.get_input_embeddings()
+        B, T = batch.items.shape
+        Lp, P = batch.profile_ids.shape[1], prompts.shape[1]
+        device, dtype = batch.items.device, embed.weight.dtype
+        profile_mask = torch.arange(Lp, device=device).expand(B, Lp) < batch.profile_lengths[:, None]
+        if Lp and batch.profile_past is None:
+            with torch.no_grad():
+                out = self.backbone(inputs_embeds=embed(batch.profile_ids), attention_mask=profile_mask.long(), return_past=True)
+            batch.profile_past = out.past
+        items = self.item_inputs(batch.items, batch.ratings).to(dtype)
+        inputs = torch.cat([prompts.to(dtype), items], dim=1)  # [B, P + T, H]
+        mask = torch.cat(
+            [profile_mask, torch.ones(B, P, dtype=torch.bool, device=device),
+             torch.arange(T, device=device).expand(B, T) < batch.lengths[:, None]], dim=1,
+        ).long()
+        positions = batch.profile_lengths[:, None] + torch.arange(P + T, device=device)[None, :]
+        past = batch.profile_past if Lp else None
+        hidden = self.backbone(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, past=past).last_hidden_state
+        return hidden[:, P - 1 :].float()  # [B, T + 1, H]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every item from hidden states: [..., H] -> [..., N].

@@ -101,7 +101,7 @@ class ServiceModel:
     def load(cls, checkpoint: str | Path, backbone_source: str | None = None, data_dir: str | None = None) -> ServiceModel:
         from coldprompt.pipeline import load_trained
 
-        trained = load_trained(checkpoint, backbone_source=backbone_source, data_dir=data_dir)
+        trained = load_trained(checkpoint, backbone_source=backbone_source, data_dir=data_dir, catalogue_only=True)
         return cls(trained, checkpoint_id(checkpoint))
 
     def _context_size(self) -> int:
@@ -162,15 +162,18 @@ class ServiceModel:
         prompts = torch.stack([self._init if j.prompt is None else j.prompt for j in jobs])  # [B, P, H]
         rows = [i for i, job in enumerate(jobs) if self.needs_adaptation(job)]
         if rows:
-            prompts[rows] = self._adapt([jobs[i] for i in rows])
+            # When every job adapts, the inner loop runs on the scoring batch itself, so a lean backbone encodes
+            # the profiles once for both.
+            prompts[rows] = self._adapt([jobs[i] for i in rows], inputs if len(rows) == len(jobs) else None)
         with torch.no_grad():
             scores = self.model.user_scores(prompts, inputs).float().numpy()  # [B, N]
         adapted = set(rows)
         return [ModelResult(prompts[i], scores[i], i in adapted) for i in range(len(jobs))]
 
-    def _adapt(self, jobs: Sequence[ModelJob]) -> torch.Tensor:
-        """Run the inner loop for ``jobs`` from the meta-learned initialisation: [A, P, H]."""
-        inputs = make_sequence_batch([j.items for j in jobs], [j.ratings for j in jobs], [j.profile_ids for j in jobs])
+    def _adapt(self, jobs: Sequence[ModelJob], inputs=None) -> torch.Tensor:
+        """Run the inner loop for ``jobs`` (batched as ``inputs`` when given) from the initialisation: [A, P, H]."""
+        if inputs is None:
+            inputs = make_sequence_batch([j.items for j in jobs], [j.ratings for j in jobs], [j.profile_ids for j in jobs])
         start = self._init.unsqueeze(0).expand(len(jobs), *self._init.shape)
         with torch.enable_grad():
             support_loss = lambda p: self.model.position_losses(p, inputs, 0, inputs.lengths)  # noqa: E731
