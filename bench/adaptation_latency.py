@@ -4,8 +4,10 @@ For each K, at least ``--users`` distinct meta-test users go through one at a ti
 every item and taking the top 10); the script prints p50/p95/p99 of the end-to-end time per user, the share
 spent in the inner loop, peak RSS, the batched path's users per second against the one-at-a-time loop,
 meta-training throughput batched against per-user, and the process start-up time to a first recommendation.
-With ``--compare-dtype`` it repeats the K = 5 measurement with the other backbone dtype on the same users and
-reports the NDCG@10 change beside the time change. No figure here is asserted anywhere.
+``--variants`` repeats the K = 5 measurement on the same users with other backbone engines and dtypes (by
+default the unoptimised path: transformers in float32, and each change alone) and reports each one's time
+and NDCG@10 beside the main setting's, with a paired bootstrap interval of the per-user NDCG@10 difference.
+Start-up is timed over three fresh processes. No figure here is asserted anywhere.
 
     python bench/adaptation_latency.py --checkpoint bench-output/ml-1m/checkpoint --data-dir DATA [--device cuda]
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coldprompt.evaluation.metrics import metrics_from_ranks, target_ranks
+from coldprompt.evaluation.metrics import bootstrap_mean, metrics_from_ranks, target_ranks
 from coldprompt.evaluation.protocol import ScoringBatch, split_users
 from coldprompt.evaluation.report import machine_info
 from coldprompt.llm.batching import make_sequence_batch
@@ -40,7 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ks", default="1,3,5,10", help="support sizes, comma-separated (default: 1,3,5,10)")
     parser.add_argument("--batch-sizes", default="8,32", help="batch sizes of the batched path (default: 8,32)")
     parser.add_argument("--dtype", default=None, help="backbone dtype: auto, float32 or bfloat16 (default: as trained)")
-    parser.add_argument("--compare-dtype", action="store_true", help="also run K=5 with the other dtype")
+    parser.add_argument("--engine", default=None, help="backbone engine: auto, lean or transformers (default: as trained)")
+    parser.add_argument("--variants", default="transformers:float32,transformers:bfloat16,lean:float32",
+                        help="ENGINE:DTYPE settings compared at K=5 on the same users ('' for none)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", help="write all figures as JSON here")
@@ -87,11 +91,13 @@ def one_at_a_time(trained: TrainedModel, users: np.ndarray, k: int, device: str)
         inner.append(adapted - start)
         target = data.sequences()[user][k]
         ranks.append(target_ranks(scores.double().cpu().numpy()[None], np.array([target]), [support])[0])
+    per_user = metrics_from_ranks(np.array(ranks))["ndcg@10"]
     return {
         "users": len(users),
         "end_to_end_ms": percentiles(totals),
         "inner_loop_share": float(np.sum(inner) / np.sum(totals)),
-        "ndcg@10": float(metrics_from_ranks(np.array(ranks))["ndcg@10"].mean()),
+        "ndcg@10": float(per_user.mean()),
+        "ndcg@10_per_user": per_user.tolist(),
     }
 
 
@@ -125,14 +131,17 @@ def training_throughput(trained: TrainedModel, meta_batch: int, seconds: float) 
     return steps * meta_batch / (time.perf_counter() - start)
 
 
-def startup_seconds(checkpoint: str, data_dir: str | None) -> float:
-    """Wall time of a fresh `coldprompt recommend` process, from launch to its printed top 10."""
-    command = [sys.executable, "-m", "coldprompt", "recommend", "--checkpoint", checkpoint, "--history", ""]
+def startup_seconds(checkpoint: str, data_dir: str | None, history: str) -> list[float]:
+    """Wall times of three fresh `coldprompt recommend` processes, from launch to their printed top 10."""
+    command = [sys.executable, "-m", "coldprompt", "recommend", "--checkpoint", checkpoint, "--history", history]
     if data_dir:
         command += ["--data-dir", data_dir]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,13 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
-    trained = load_trained(args.checkpoint, data_dir=args.data_dir, dtype=args.dtype)
+    trained = load_trained(args.checkpoint, data_dir=args.data_dir, dtype=args.dtype, engine=args.engine)
     trained.model.to(args.device)
     dtype = str(next(trained.model.backbone.parameters()).dtype)
-    report = {"machine": machine_info() | {"device": args.device, "dtype": dtype, "threads": torch.get_num_threads()},
+    engine = "lean" if type(trained.model.backbone).__name__ == "LeanLlama" else "transformers"
+    report = {"machine": machine_info() | {"device": args.device, "dtype": dtype, "engine": engine,
+                                           "threads": torch.get_num_threads()},
               "checkpoint": args.checkpoint, "inner_steps": trained.config.inner_steps, "per_k": {}}
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch {torch.__version__}, "
-          f"{dtype}, {torch.get_num_threads()} threads, device {args.device}, inner steps {trained.config.inner_steps}")
+          f"{dtype}, {engine} engine, {torch.get_num_threads()} threads, device {args.device}, "
+          f"inner steps {trained.config.inner_steps}")
 
     for k in ks:
         users = eligible_users(trained, k, args.users)
@@ -167,20 +179,32 @@ def main(argv: list[str] | None = None) -> int:
     per_user, batched_16 = training_throughput(trained, 1, 20), training_throughput(trained, 16, 20)
     report["meta_training_users_per_second"] = {"1": per_user, "16": batched_16}
     print(f"meta-training (FOMAML) users/s: per-user {per_user:.1f}, batched 16: {batched_16:.1f}")
-    report["startup_to_first_recommendation_s"] = startup_seconds(args.checkpoint, args.data_dir)
-    print(f"process start to first recommendation: {report['startup_to_first_recommendation_s']:.1f} s")
+    data = trained.data
+    five = eligible_users(trained, 5, 1)
+    history = ",".join(data.item_ids[i] for i in data.sequences()[five[0]][:5]) if len(five) else ""
+    times = startup_seconds(args.checkpoint, args.data_dir, history)
+    report["startup_to_first_recommendation_s"] = {"runs": times, "median": float(np.median(times)), "history_items": 5}
+    print(f"process start to first recommendation (K=5, three runs): median {np.median(times):.2f} s, "
+          + ", ".join(f"{t:.2f}" for t in times))
 
-    if args.compare_dtype:
-        other = "float32" if "bfloat16" in dtype else "bfloat16"
-        alternative = load_trained(args.checkpoint, data_dir=args.data_dir, dtype=other)
-        users = eligible_users(alternative, 5, args.users)
-        one_at_a_time(alternative, users[:3], 5, args.device)
-        result = one_at_a_time(alternative, users, 5, args.device)
-        base = report["per_k"].get("5")
-        report["compare_dtype"] = {other: result}
+    base = report["per_k"].get("5")
+    report["variants"] = {}
+    for variant in filter(None, args.variants.split(",")):
+        other_engine, other_dtype = variant.split(":")
+        del trained
+        trained = load_trained(args.checkpoint, data_dir=args.data_dir, dtype=other_dtype, engine=other_engine)
+        users = eligible_users(trained, 5, args.users)
+        one_at_a_time(trained, users[:3], 5, args.device)
+        result = one_at_a_time(trained, users, 5, args.device)
+        report["variants"][variant] = result
         if base:
-            print(f"K=5 with {other}: p50 {result['end_to_end_ms']['p50']:.0f} ms (vs {base['end_to_end_ms']['p50']:.0f} ms "
-                  f"with {dtype}); NDCG@10 {result['ndcg@10']:.4f} (vs {base['ndcg@10']:.4f}) on the same users")
+            difference = bootstrap_mean(np.array(base["ndcg@10_per_user"]) - np.array(result["ndcg@10_per_user"]))
+            result["ndcg@10_difference_main_minus_this"] = difference.as_dict()
+            print(f"K=5 with {other_engine} {other_dtype}: p50 {result['end_to_end_ms']['p50']:.0f} ms, "
+                  f"p95 {result['end_to_end_ms']['p95']:.0f} ms (main setting: p50 {base['end_to_end_ms']['p50']:.0f} ms, "
+                  f"so the main setting is {result['end_to_end_ms']['p50'] / base['end_to_end_ms']['p50']:.2f} times faster); NDCG@10 "
+                  f"{result['ndcg@10']:.4f} (main {base['ndcg@10']:.4f}; difference {difference.mean:+.4f} "
+                  f"[{difference.low:+.4f}, {difference.high:+.4f}]) on the same users")
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     return 0

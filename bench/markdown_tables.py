@@ -52,7 +52,20 @@ def print_llm_details(results: dict) -> None:
     for name, log in results["training"].items():
         print(f"| {name} | {log['outer_steps']} | {log['users_seen']} | {log['seconds']:.0f} | "
               f"{log['users_per_second']:.1f} | {log['best_validation_ndcg@10']:.4f} ({log['best_step']}) |")
-    tests = results.get("paired_tests", [])
+    tests = [t for t in results.get("paired_tests", []) if not t.get("against_best_baseline")]
+    best = [t for t in results.get("paired_tests", []) if t.get("against_best_baseline")]
+    if best:
+        print(f"\n{best[0]['a']} (chosen on validation users) against the strongest baseline at each K (the one with "
+              "the highest test NDCG@10, a choice that can only favour the baseline):\n")
+        print("| K | coldprompt | strongest baseline | its NDCG@10 | difference [95% interval] | p (paired bootstrap) | p (Wilcoxon) | verdict |")
+        print("|---|---|---|---|---|---|---|---|")
+        for test in best:
+            diff = test["difference"]
+            significant = test["p_paired_bootstrap"] < 0.05 and test["p_wilcoxon"] < 0.05
+            verdict = ("coldprompt better" if diff["mean"] > 0 else "baseline better") if significant else "no significant difference"
+            print(f"| {test['k']} | {test['mean_a']:.4f} | {test['b']} | {test['mean_b']:.4f} | {diff['mean']:+.4f} "
+                  f"[{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] | {test['p_paired_bootstrap']:.3g} | "
+                  f"{test['p_wilcoxon']:.3g} | {verdict} |")
     if tests:
         print(f"\nPaired tests on the same {tests[0]['users']} test users, NDCG@10, "
               f"{tests[0]['a']} minus the other method (95% bootstrap interval of the mean difference):\n")

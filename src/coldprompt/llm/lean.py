@@ -90,6 +90,20 @@ class LeanOutput:
     past: KeyValues | None = None  # this call's keys and values when asked for (past ones included)
 
 
+class Linear(nn.Module):
+    """A bias-free linear layer whose weight is allocated, not initialised: every weight is loaded afterwards.
+
+    ``nn.Linear`` would draw random weights first, which for 135 M parameters costs about a second.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -108,10 +122,10 @@ class Attention(nn.Module):
         super().__init__()
         hidden, d = config.hidden_size, config.head_dim
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
-        self.q_proj = nn.Linear(hidden, self.heads * d, bias=False)
-        self.k_proj = nn.Linear(hidden, self.kv_heads * d, bias=False)
-        self.v_proj = nn.Linear(hidden, self.kv_heads * d, bias=False)
-        self.o_proj = nn.Linear(self.heads * d, hidden, bias=False)
+        self.q_proj = Linear(hidden, self.heads * d)
+        self.k_proj = Linear(hidden, self.kv_heads * d)
+        self.v_proj = Linear(hidden, self.kv_heads * d)
+        self.o_proj = Linear(self.heads * d, hidden)
 
     def forward(self, x, cos, sin, mask, past, eager: bool):
         B, L, _ = x.shape
@@ -137,9 +151,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: LeanConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -168,7 +182,9 @@ class LeanLlama(nn.Module):
             raise ValueError(f"attn_implementation must be 'eager' or 'sdpa', got {attn_implementation!r}")
         self.config = config
         self.eager = attn_implementation == "eager"
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
+        )
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         d = config.head_dim
@@ -232,7 +248,7 @@ class LeanLlama(nn.Module):
 
 
 def load_lean_llama(folder: Path, dtype: torch.dtype, attn_implementation: str = "sdpa") -> LeanLlama:
-    """Build a :class:`LeanLlama` from a ``save_pretrained`` folder without allocating random weights first.
+    """Build a :class:`LeanLlama` from a ``save_pretrained`` folder, without drawing random weights first.
 
     Raises ValueError when the folder's config is not one this module implements (see
     :func:`unsupported_reason`), or when its weight names or shapes do not match.
@@ -252,8 +268,7 @@ def load_lean_llama(folder: Path, dtype: torch.dtype, attn_implementation: str =
         for name, tensor in load_file(path).items():
             if name.startswith("model."):
                 state[name.removeprefix("model.")] = tensor.to(dtype)
-    with torch.device("meta"):
-        model = LeanLlama(config, attn_implementation)
+    model = LeanLlama(config, attn_implementation)
     missing = set(model.state_dict()) - set(state)
     unexpected = set(state) - set(model.state_dict())
     if missing or unexpected:
@@ -262,9 +277,6 @@ def load_lean_llama(folder: Path, dtype: torch.dtype, attn_implementation: str =
             f"unexpected {sorted(unexpected)[:5]})"
         )
     model.load_state_dict(state, assign=True, strict=True)
-    # inv_freq is a non-persistent buffer, still on the meta device.
-    d = config.head_dim
-    model.inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     return model
 
 
