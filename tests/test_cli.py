@@ -101,7 +101,29 @@ def test_evaluate_checkpoint(tiny_run: Path, tmp_path: Path):
     output = tmp_path / "eval.json"
     code = main(["evaluate", "--checkpoint", str(tiny_run / "checkpoint"), "--max-test-users", "8", "--output", str(output)])
     assert code == 0
-    assert len(json.loads(output.read_text())["methods"]) == 1
+    results = json.loads(output.read_text())
+    algorithm = json.loads((tiny_run / "checkpoint" / "checkpoint.json").read_text())["algorithm"]
+    assert set(results["methods"]) == {f"LLM {algorithm}", f"LLM {algorithm} (no inner step)"}
+
+
+def test_evaluate_checkpoint_beside_baselines(tiny_run: Path, tmp_path: Path):
+    output = tmp_path / "eval.json"
+    code = main(["evaluate", "--checkpoint", str(tiny_run / "checkpoint"), "--method", "simple",
+                 "--max-test-users", "8", "--output", str(output)])
+    assert code == 0
+    results = json.loads(output.read_text())
+    assert "co-occurrence" in results["methods"]
+    against_best = [test for test in results["paired_tests"] if test.get("against_best_baseline")]
+    assert [test["k"] for test in against_best] == results["ks"]
+    assert all(test["users"] == 8 for test in against_best)
+
+
+def test_evaluate_checkpoint_of_other_dataset_rejected(tiny_run: Path, capsys):
+    shipped = Path(__file__).parents[1] / "src" / "coldprompt" / "datasets" / "ml-latest-small"
+    code = main(["evaluate", "--checkpoint", str(tiny_run / "checkpoint"), "--dataset", "movielens-csv",
+                 "--data-dir", str(shipped)])
+    assert code == 2
+    assert "was trained on ml-latest-small, not movielens-csv" in capsys.readouterr().err
 
 
 def test_checkpoint_with_other_backbone_rejected(tiny_run: Path, tmp_path: Path, capsys):

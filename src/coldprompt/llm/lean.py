@@ -4,9 +4,10 @@ coldprompt only ever runs the decoder stack on input embeddings and reads hidden
 output head, no sampling. transformers does that too, but importing it and building a model through
 ``from_pretrained`` takes about 2.5 s on a 2-core CPU, and its per-layer dispatch adds Python work to every
 forward pass of a 30-layer model. This module implements the same arithmetic as transformers 4.57's
-``LlamaModel`` (RMSNorm, rotary position embeddings, grouped-query attention, SwiGLU) for the configurations
-it can check (``model_type`` "llama", no rope scaling, no biases, SiLU), with the same parameter names, so the
-weights load unchanged. Tests compare its hidden states with transformers' on the same weights.
+``LlamaModel``: RMSNorm, rotary position embeddings, grouped-query attention and SwiGLU. It covers the
+configurations it can check (``model_type`` "llama", no rope scaling, no biases, SiLU). Its parameter names
+are transformers' names, so the weights load unchanged. Tests compare its hidden states with transformers' on
+the same weights.
 
 It adds one thing transformers' public forward does not offer in this form: :meth:`LeanLlama.forward` takes the
 keys and values of an earlier call (``past``) with right-padded rows, so a user's profile tokens, which do not
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Settings of config.json this module implements; any other value makes :func:`unsupported_reason` refuse.
+#: Settings of config.json this module implements; :func:`unsupported_reason` rejects any other value.
 _REQUIRED = {"model_type": "llama", "hidden_act": "silu"}
 _MUST_BE_FALSE_OR_ABSENT = ("attention_bias", "mlp_bias")
 
