@@ -41,8 +41,14 @@ def main(paths: list[str]) -> int:
 def print_llm_details(results: dict) -> None:
     """Training stages, model selection and paired tests of a `coldprompt run` result, when present."""
     llm = results.get("llm")
-    if not llm:
-        return
+    if llm:
+        print_training(results, llm)
+    print_paired_tests(results)
+    if "wall_seconds" in results:
+        print(f"\nTotal wall time of the run: {results['wall_seconds']:.0f} s\n")
+
+
+def print_training(results: dict, llm: dict) -> None:
     print(f"Backbone {llm['backbone']['identity']} (sha256 {llm['backbone']['sha256'][:12]}...), "
           f"{llm['trainable_parameters']:,} trainable parameters against {llm['backbone_parameters']:,} frozen; "
           f"meta-learner chosen on validation users: **{llm['best_algorithm_on_validation']}** "
@@ -52,6 +58,9 @@ def print_llm_details(results: dict) -> None:
     for name, log in results["training"].items():
         print(f"| {name} | {log['outer_steps']} | {log['users_seen']} | {log['seconds']:.0f} | "
               f"{log['users_per_second']:.1f} | {log['best_validation_ndcg@10']:.4f} ({log['best_step']}) |")
+
+
+def print_paired_tests(results: dict) -> None:
     tests = [t for t in results.get("paired_tests", []) if not t.get("against_best_baseline")]
     best = [t for t in results.get("paired_tests", []) if t.get("against_best_baseline")]
     if best:
@@ -75,7 +84,6 @@ def print_llm_details(results: dict) -> None:
             diff = test["difference"]
             print(f"| {test['b']} | {test['k']} | {diff['mean']:+.4f} | [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] | "
                   f"{test['p_paired_bootstrap']:.3g} | {test['p_wilcoxon']:.3g} |")
-    print(f"\nTotal wall time of the run: {results.get('wall_seconds', float('nan')):.0f} s\n")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,19 @@ def test_trainable_parameter_count(model):
         + 2 * prompt * hidden  # prompt_init, log_inner_lr
     )
     assert model.trainable_parameter_count() == expected
+
+
+def test_fixed_item_outputs_give_the_same_scores(model):
+    batch = make_sequence_batch([np.array([1, 2, 3])], [np.array([5.0, 1.0, 4.0])], [[5, 6]])
+    prompts = torch.randn(1, 3, 32) * 0.1
+    with torch.no_grad():
+        recomputed = model.user_scores(prompts, batch)
+        with model.fixed_item_outputs():
+            fixed = model.user_scores(prompts, batch)
+    torch.testing.assert_close(fixed, recomputed)
+
+
+def test_fixed_item_outputs_end_with_the_block(model):
+    with model.fixed_item_outputs():
+        assert not model.item_outputs().requires_grad
+    assert model.item_outputs().requires_grad  # training gets its gradients again

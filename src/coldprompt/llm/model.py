@@ -19,6 +19,7 @@ padding and position ids are 0..L-1 as when the row is alone)::
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +110,7 @@ class SoftPromptRecommender(nn.Module):
         self.prompt_init = nn.Parameter(embeddings[prompt_init_ids[:num_virtual_tokens]].detach().float().clone())
         # Meta-SGD: a learned inner learning rate per prompt entry, stored as a log for positivity.
         self.log_inner_lr = nn.Parameter(torch.full((num_virtual_tokens, hidden), math.log(inner_lr)))
+        self._fixed_item_outputs: torch.Tensor | None = None  # set only inside fixed_item_outputs()
 
     # ----------------------------------------------------------------------------------------- properties
     @property
@@ -134,8 +136,36 @@ class SoftPromptRecommender(nn.Module):
         return self.in_proj(self.item_text[items]) + self.item_in(items) + self.rating(ratings)
 
     def item_outputs(self) -> torch.Tensor:
-        """Output embeddings of the whole catalogue: [N, H]."""
+        """Output embeddings of the whole catalogue: [N, H].
+
+        Inside :meth:`fixed_item_outputs` this is a stored constant; otherwise it is recomputed, a
+        ``[N, D] x [D, H]`` product (about 4 GFLOP for ML-1M), so that training gets its gradients.
+        """
+        if self._fixed_item_outputs is not None:
+            return self._fixed_item_outputs
         return self.text_out(self.item_text) + self.item_out.weight
+
+    @contextmanager
+    def fixed_item_outputs(self):
+        """Compute the catalogue's output embeddings once and reuse them until the block ends.
+
+        For adaptation and scoring, where only the prompts are differentiated. Inside the block no gradient
+        reaches ``text_out`` or ``item_out``, so it must not wrap a training step.
+        """
+        if self._fixed_item_outputs is not None:  # nested: the outer block already fixed them
+            yield
+            return
+        with torch.no_grad():
+            self._fixed_item_outputs = self.text_out(self.item_text) + self.item_out.weight
+        try:
+            yield
+        finally:
+            self._fixed_item_outputs = None
+
+    def freeze_item_outputs(self) -> None:
+        """Fix the catalogue's output embeddings for good, for a model that only serves and never trains."""
+        with torch.no_grad():
+            self._fixed_item_outputs = self.text_out(self.item_text) + self.item_out.weight
 
     def hidden_states(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """Return the hidden states at the T prediction positions: [B, T + 1, H].

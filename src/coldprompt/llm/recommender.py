@@ -67,6 +67,7 @@ class SoftPromptScorer:
         inputs = make_sequence_batch(
             batch.supports, batch.support_ratings, [self.profiles.ids[u] for u in batch.users]
         ).to(device)
-        prompts = self.adapted_prompts(batch, inputs)
-        with torch.no_grad():
-            return self.model.user_scores(prompts, inputs).double().cpu().numpy()
+        with self.model.fixed_item_outputs():
+            prompts = self.adapted_prompts(batch, inputs)
+            with torch.no_grad():
+                return self.model.user_scores(prompts, inputs).double().cpu().numpy()

@@ -80,6 +80,9 @@ class ServiceModel:
         self.model.eval()
         # Nothing but the per-user prompt is differentiated here, so the inner loop's backward pass stops there.
         self.model.requires_grad_(False)
+        # The service never trains, so the catalogue's output embeddings are computed once, here. Worker threads
+        # only read them.
+        self.model.freeze_item_outputs()
         self.data = trained.data
         self.checkpoint_id = checkpoint_id
         self.algorithm = trained.manifest["algorithm"]
