@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         recompute = "recompute" in flags
         del trained
         trained = load_trained(args.checkpoint, data_dir=args.data_dir, dtype=other_dtype, engine=other_engine)
+        trained.model.to(args.device)
         users = eligible_users(trained, 5, args.users)
         one_at_a_time(trained, users[:3], 5, args.device, recompute)
         result = one_at_a_time(trained, users, 5, args.device, recompute)
