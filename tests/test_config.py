@@ -75,3 +75,21 @@ def test_backbone_engine_is_checked():
     assert load_config(overrides=["backbone_engine=transformers"]).backbone_engine == "transformers"
     with pytest.raises(ValueError, match="backbone_engine: expected auto, lean or transformers"):
         load_config(overrides=["backbone_engine=onnx"])
+
+
+def test_type_errors_name_the_expected_type():
+    with pytest.raises(ValueError, match="setting inner_steps: 'abc' is not an integer"):
+        load_config(overrides=["inner_steps=abc"])
+    with pytest.raises(ValueError, match="is not an integer or null"):
+        load_config(overrides=["max_test_users=x"])
+
+
+def test_budgets_must_be_positive():
+    for name in ("shared_budget_s", "meta_budget_s", "baseline_budget_s"):
+        with pytest.raises(ValueError, match=f"{name}: must be positive"):
+            load_config(overrides=[f"{name}=-5"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="--config .*missing.yaml: file not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -10,6 +10,7 @@ from coldprompt.evaluation.protocol import ScoringBatch, split_users
 from coldprompt.llm.batching import ProfileTokens, make_sequence_batch
 from coldprompt.llm.model import SoftPromptRecommender
 from coldprompt.llm.recommender import PROMPT_RANDOM, SoftPromptScorer
+from coldprompt.meta.algorithms import adapt
 from coldprompt.meta.trainer import SHARED, Trainer
 from toy import toy_data
 
@@ -147,3 +148,32 @@ def test_fixed_item_outputs_end_with_the_block(model):
     with model.fixed_item_outputs():
         assert not model.item_outputs().requires_grad
     assert model.item_outputs().requires_grad  # training gets its gradients again
+
+
+def test_out_of_context_scores_ignore_items_until_adapted(model):
+    model.support_in_context = False
+    prompts = model.prompt_init.detach().unsqueeze(0).expand(2, -1, -1)
+    batch = make_sequence_batch([np.array([1, 2, 3]), np.array([7])], [np.array([5.0, 5, 5]), np.array([5.0])], [[5, 6], [5, 6]])
+    with torch.no_grad():
+        scores = model.user_scores(prompts, batch)
+    torch.testing.assert_close(scores[0], scores[1])  # same profile, same prompt: the items are not read
+
+
+def test_out_of_context_inner_step_lowers_support_loss(model):
+    model.support_in_context = False
+    batch = make_sequence_batch([np.array([1, 2, 3])], [np.array([5.0, 5, 5])], [[]])
+    prompts = model.prompt_init.detach().unsqueeze(0)
+    loss = lambda p: model.position_losses(p, batch, 0, batch.lengths)  # noqa: E731
+    before = loss(prompts).item()
+    adapted = adapt(loss, prompts, steps=3, inner_lr=0.05)
+    assert loss(adapted).item() < before
+
+
+def test_out_of_context_loss_is_mean_over_targets(model):
+    model.support_in_context = False
+    batch = make_sequence_batch([np.array([1, 2, 3, 4])], [np.array([5.0] * 4)], [[]])
+    prompts = model.prompt_init.detach().unsqueeze(0)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model.user_scores(prompts, batch), dim=-1)[0]
+        loss = model.position_losses(prompts, batch, 1, torch.tensor([3]))
+    torch.testing.assert_close(loss[0], -(log_probs[2] + log_probs[3]) / 2)

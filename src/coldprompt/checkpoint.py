@@ -47,8 +47,12 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(folder)
     manifest_path, weights_path = path / MANIFEST, path / WEIGHTS
     if not manifest_path.is_file() or not weights_path.is_file():
+        hint = ""
+        if (path / "checkpoint" / MANIFEST).is_file():
+            hint = f"; this looks like an output folder, so pass {path / 'checkpoint'}"
         raise CheckpointError(
-            f"{path}: not a coldprompt checkpoint; expected {MANIFEST} and {WEIGHTS} (written by `coldprompt train`)"
+            f"{path}: not a coldprompt checkpoint; expected {MANIFEST} and {WEIGHTS} (written by `coldprompt run` "
+            f"or `coldprompt train`){hint}"
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -123,9 +123,15 @@ def _run(args) -> int:
     config = _config_from(args)
     results = run(config, with_llm=not args.no_llm)
     print(format_report(results))
-    for test in results.get("paired_tests", []):
-        if test["k"] in (1, 3, 5):
-            print(f"paired test K={test['k']}: {test['a']} - {test['b']} = {test['difference']['mean']:+.4f} "
+    tests = results.get("paired_tests", [])
+    for heading, group in (
+        ("\nPaired tests, NDCG@10 (the validation-chosen meta-learner minus each method):", [t for t in tests if not t.get("against_best_baseline")]),
+        ("\nAgainst the strongest baseline at each K (highest test NDCG@10):", [t for t in tests if t.get("against_best_baseline")]),
+    ):
+        if group:
+            print(heading)
+        for test in group:
+            print(f"  K={test['k']}: {test['a']} - {test['b']} = {test['difference']['mean']:+.4f} "
                   f"(p bootstrap {test['p_paired_bootstrap']:.3g}, Wilcoxon {test['p_wilcoxon']:.3g})")
     print(f"\nwrote {Path(config.output_dir) / 'results.json'} and {Path(config.output_dir) / 'ndcg_at_10.png'} "
           f"({results['wall_seconds']:.0f} s)")

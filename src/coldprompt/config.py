@@ -33,6 +33,7 @@ class RunConfig:
     num_virtual_tokens: int = 8  # P, soft-prompt length in tokens
     max_profile_tokens: int = 24  # profile sentences are cut to this many tokens
     learn_item_ids: bool = True  # learn item id embeddings from meta-train interactions
+    support_in_context: bool = True  # the backbone reads the support items; False: only the adapted prompt carries them
 
     # --- inner loop
     inner_steps: int = 1  # gradient steps on a user's prompt, in training and at evaluation
@@ -81,7 +82,7 @@ class RunConfig:
             raise ValueError(f"inner_steps: must be >= 0, got {self.inner_steps}")
         if self.ease_lambdas is not None and (not self.ease_lambdas or min(self.ease_lambdas) <= 0):
             raise ValueError(f"ease_lambdas: expected a non-empty list of positive values, got {self.ease_lambdas}")
-        for name in ("inner_lr", "outer_lr", "reptile_epsilon", "baseline_budget_s"):
+        for name in ("inner_lr", "outer_lr", "reptile_epsilon", "baseline_budget_s", "shared_budget_s", "meta_budget_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
@@ -93,6 +94,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Build a :class:`RunConfig` from a YAML file, then keyword fields, then ``key=value`` overrides."""
     values: dict = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"--config {path}: file not found; pass the path of a YAML settings file")
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of setting names to values at the top level")
@@ -158,4 +161,17 @@ def _coerce(key: str, value):
             return value
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ValueError(f"setting {key}: {value!r} is not a valid {hint}")
+    raise ValueError(f"setting {key}: {value!r} is not {_describe(hint)}")
+
+
+def _describe(hint) -> str:
+    """Return a type hint in words, for example "an integer or null" for ``int | None``."""
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    described = []
+    for option in options:
+        if typing.get_origin(option) is list:
+            described.append(f"a list of {words.get(typing.get_args(option)[0], 'values').removeprefix('an ').removeprefix('a ')}s")
+        else:
+            described.append(words.get(option, str(option)))
+    return " or ".join(described)

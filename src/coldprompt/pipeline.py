@@ -161,6 +161,7 @@ def build_model(config: RunConfig, data: InteractionData, backbone: Backbone, sh
         prompt_init_ids=torch.tensor(prompt_ids[: config.num_virtual_tokens]),
         learn_item_ids=config.learn_item_ids,
         inner_lr=config.inner_lr,
+        support_in_context=config.support_in_context,
     )
     profiles = ProfileTokens(data, backbone.tokenizer, config.max_profile_tokens)
     return model, profiles

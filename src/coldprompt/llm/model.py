@@ -70,8 +70,12 @@ class SoftPromptRecommender(nn.Module):
         prompt_init_ids: torch.Tensor | None = None,
         learn_item_ids: bool = True,
         inner_lr: float = 0.1,
+        support_in_context: bool = True,
     ):
         super().__init__()
+        # False: the backbone reads only [profile][prompt], and a user's interactions reach the scores only
+        # through the inner loop's gradient steps on the prompt (the prompt is the user's whole representation).
+        self.support_in_context = support_in_context
         self.backbone = backbone_model
         for parameter in self.backbone.parameters():
             parameter.requires_grad_(False)
@@ -250,16 +254,32 @@ class SoftPromptRecommender(nn.Module):
         ``last`` is per user ([B]); users with no position in range get a loss of 0.
         """
         B, T = batch.items.shape
-        hidden = self.hidden_states(prompts, batch)[:, first:T]  # predicts items first..T-1
         targets = batch.items[:, first:T]
-        logits = self.logits(hidden)
-        ce = F.cross_entropy(logits.reshape(-1, self.num_items), targets.reshape(-1), reduction="none").view(B, -1)
+        if self.support_in_context:
+            logits = self.logits(self.hidden_states(prompts, batch)[:, first:T])  # predicts items first..T-1
+            ce = F.cross_entropy(logits.reshape(-1, self.num_items), targets.reshape(-1), reduction="none").view(B, -1)
+        else:
+            # One user vector predicts every item in range, so the loss is a bag of items, not a sequence.
+            log_probs = F.log_softmax(self.logits(self.user_vectors(prompts, batch)), dim=-1)  # [B, N]
+            ce = -torch.gather(log_probs, 1, targets)
         slot = torch.arange(first, T, device=batch.items.device)[None, :]
         use = (slot < last[:, None]).float()
         return (ce * use).sum(dim=1) / use.sum(dim=1).clamp_min(1.0)
 
+    def user_vectors(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+        """Hidden state at the last prompt position when the backbone reads only profile and prompt: [B, H]."""
+        empty = SequenceBatch(
+            batch.items[:, :0], batch.ratings[:, :0], torch.zeros_like(batch.lengths), batch.profile_ids,
+            batch.profile_lengths, batch.profile_past,
+        )
+        hidden = self.hidden_states(prompts, empty)[:, 0]
+        batch.profile_past = empty.profile_past  # keep the profile's keys and values for the next pass
+        return hidden
+
     def user_scores(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """Scores for the item after each user's last real item: [B, N]."""
+        if not self.support_in_context:
+            return self.logits(self.user_vectors(prompts, batch))
         hidden = self.hidden_states(prompts, batch)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.lengths]  # [B, H]
         return self.logits(last)
