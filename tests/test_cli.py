@@ -13,7 +13,7 @@ from tiny_models import save_tiny_llama, train_bpe_tokenizer
 
 ALL_METHODS = {
     "random", "popularity", "onboarding popularity", "co-occurrence", "co-occurrence + onboarding (blend)",
-    "LLM shared prompt", "LLM per-user tuning, random init",
+    "LLM zero-shot (text similarity, no training)", "LLM shared prompt", "LLM per-user tuning, random init",
     "LLM reptile", "LLM reptile (no inner step)", "LLM fomaml", "LLM fomaml (no inner step)",
     "LLM maml", "LLM maml (no inner step)",
 }

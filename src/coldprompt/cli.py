@@ -13,7 +13,8 @@ DATASET_HELP = (
     "dataset name: ml-latest-small (shipped with the package, the default), ml-1m, ml-1m-timestamped, ml-100k, "
     "recbole (any RecBole atomic folder), amazon-games, amazon-beauty, amazon (JSON lines), movielens-csv"
 )
-METHODS = ("random", "popularity", "onboarding", "cooccurrence", "blend", "ease", "als", "sasrec", "melu", "simple", "all")
+METHODS = ("random", "popularity", "onboarding", "cooccurrence", "blend", "ease", "als", "sasrec", "melu", "zeroshot",
+           "simple", "all")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--method", choices=METHODS, default=None,
                           help="baselines to evaluate: one name, 'simple' (random, popularity, onboarding, "
                                "co-occurrence, blend; the default without --checkpoint) or 'all' (also EASE, ALS, "
-                               "SASRec, MeLU); with --checkpoint, the baselines run beside it on the same users")
+                               "SASRec, MeLU); 'zeroshot' loads the default backbone for text similarity; with "
+                               "--checkpoint, the baselines run beside it on the same users")
     evaluate.add_argument("--budget", type=float, default=120.0,
                           help="training budget of SASRec and MeLU, in seconds each (default: 120)")
     evaluate.add_argument("--checkpoint", help="evaluate this checkpoint folder, with and without its inner steps")
@@ -193,6 +195,11 @@ def _baselines_for(method: str, data, seed: int, budget_s: float) -> list:
     simple = baseline_recommenders(data, seed)
     if method == "simple":
         return simple
+    if method == "zeroshot":
+        from coldprompt.baselines.zeroshot import ZeroShotTextRecommender
+        from coldprompt.llm.backbone import load_backbone, resolve_dtype
+
+        return [ZeroShotTextRecommender(load_backbone(attn_implementation="sdpa", dtype=resolve_dtype("auto")))]
     strong = strong_recommenders(seed=seed, budget_s=budget_s)
     if method == "all":
         return simple + strong

@@ -183,6 +183,13 @@ def run_llm_methods(runner: Runner, backbone: Backbone, output_dir: Path) -> dic
     model, profiles = build_model(config, e.data, backbone, runner.show_progress)
     logger.info("trainable parameters: %d (backbone, frozen: %d)", model.trainable_parameter_count(), model.backbone_parameter_count())
 
+    from coldprompt.baselines.zeroshot import ZeroShotTextRecommender
+
+    zero_shot = ZeroShotTextRecommender(backbone, config.item_encoder_layer)
+    start = time.perf_counter()
+    zero_shot.fit(e.data, e.split, config.ks)
+    runner.add(zero_shot, time.perf_counter() - start)
+
     shared = Trainer(model, e.data, e.split, profiles, config, SHARED)
     runner.training[SHARED] = shared.train(config.shared_budget_s, show_progress=runner.show_progress).as_dict()
     shared_state = shared.trainable_state()
