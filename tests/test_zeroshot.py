@@ -53,6 +53,7 @@ def test_fit_and_profiles_on_a_tiny_backbone(tmp_path, monkeypatch):
     assert zero_shot.items.shape == (20, backbone.hidden_size)
     batch = ScoringBatch(np.array([0, 6, 11]), [np.array([], dtype=np.int64)] * 3, [np.array([])] * 3, 0)
     scores = zero_shot.score(batch)
-    assert scores[0].any() and scores[1].any()
+    assert scores[0].any()
+    assert scores[1].any()
     assert not np.allclose(scores[0], scores[1])  # different profiles, different rankings
     assert not scores[2].any()  # an empty profile gives ties

@@ -4,7 +4,7 @@ Every item is the backbone's mean-pooled hidden state of its text ("Title (Year)
 encodings the soft-prompt model reads, standardised per dimension and scaled to unit length. A user with K >= 1
 support items is the mean of their items' vectors; at K = 0 the user is the encoding of their profile sentence
 where the data set has profiles. Scores are cosine similarities. Nothing is fit on interactions, so this
-measures what the frozen backbone knows about items before any recommendation training.
+measures what the frozen backbone's encodings carry about items before any recommendation training.
 """
 
 from __future__ import annotations

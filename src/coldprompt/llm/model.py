@@ -114,7 +114,7 @@ class SoftPromptRecommender(nn.Module):
         self.prompt_init = nn.Parameter(embeddings[prompt_init_ids[:num_virtual_tokens]].detach().float().clone())
         # Meta-SGD: a learned inner learning rate per prompt entry, stored as a log for positivity.
         self.log_inner_lr = nn.Parameter(torch.full((num_virtual_tokens, hidden), math.log(inner_lr)))
-        self._fixed_item_outputs: torch.Tensor | None = None  # set only inside fixed_item_outputs()
+        self._fixed_item_outputs: torch.Tensor | None = None  # set by fixed_item_outputs() or freeze_item_outputs()
 
     # ----------------------------------------------------------------------------------------- properties
     @property
