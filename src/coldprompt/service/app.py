@@ -120,7 +120,7 @@ async def _validation_error_response(request: Request, error: RequestValidationE
     details = [_error_entry(entry) for entry in error.errors()]
     fields = sorted({".".join(str(part) for part in entry["loc"]) for entry in details})
     logger.info(
-        "invalid request: %d errors in %s (user %s, request %s)",
+        "invalid request: %d validation error(s) in %s (user %s, request %s)",
         len(details), fields, user_id_for_log(request.scope), request.state.request_id,
     )
     return JSONResponse({"detail": details}, status_code=422)
