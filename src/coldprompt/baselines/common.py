@@ -6,6 +6,7 @@ users only. At K = 0 a baseline that needs history returns onboarding popularity
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -20,6 +21,8 @@ from coldprompt.evaluation.protocol import EvaluationUsers, Recommender, Scoring
 #: (items no meta-train user interacted with, for instance) are ordered by onboarding popularity. Ranks are
 #: pessimistic, so an unbroken tie costs the target rank.
 TIE_BREAK = 1e-9
+
+logger = logging.getLogger(__name__)
 
 
 def binary_matrix(data: InteractionData, users: np.ndarray) -> sp.csr_matrix:
@@ -49,6 +52,28 @@ def validation_ndcg_by_k(
 ) -> dict[int, float]:
     """Return mean NDCG@10 on the validation users for each K (full-catalogue ranking)."""
     return {k: _validation_ndcg(recommender, data, validation, k) for k in ks}
+
+
+ZERO_HISTORY_ONBOARDING = "onboarding popularity"
+
+
+def choose_zero_history(
+    recommender, own: str, data: InteractionData, validation: EvaluationUsers, ks: Sequence[int]
+) -> None:
+    """Set ``recommender.zero_history`` to the K = 0 scoring with the higher validation NDCG@10.
+
+    The candidates are ``own`` (the recommender's own scores) and onboarding popularity. Without K = 0 in
+    ``ks`` nothing changes. ``recommender`` needs ``name``, ``onboarding`` (fitted) and a ``score`` that reads ``zero_history``.
+    """
+    if 0 not in ks:
+        return
+    recommender.zero_history = own
+    from_own = _validation_ndcg(recommender, data, validation, 0)
+    from_onboarding = _validation_ndcg(recommender.onboarding, data, validation, 0)
+    if from_onboarding > from_own:
+        recommender.zero_history = ZERO_HISTORY_ONBOARDING
+    logger.info("%s K=0: %s %.4f, onboarding popularity %.4f on validation; using %s",
+                recommender.name, own, from_own, from_onboarding, recommender.zero_history)
 
 
 def nearest_k(table: dict[int, object], k: int) -> int:

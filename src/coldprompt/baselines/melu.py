@@ -38,8 +38,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coldprompt.baselines.common import Deadline, break_ties, onboarding_scores, positive_ks, validation_ndcg_by_k
-from coldprompt.baselines.simple import OnboardingPopularityRecommender, _validation_ndcg
+from coldprompt.baselines.common import (
+    ZERO_HISTORY_ONBOARDING,
+    break_ties,
+    choose_zero_history,
+    Deadline,
+    onboarding_scores,
+    positive_ks,
+    validation_ndcg_by_k,
+)
+from coldprompt.baselines.simple import OnboardingPopularityRecommender
 from coldprompt.data.dataset import InteractionData
 from coldprompt.data.profiles import ML1M_AGE_GROUPS
 from coldprompt.evaluation.protocol import DEFAULT_KS, EvaluationUsers, ScoringBatch, UserSplit, evaluation_users
@@ -235,7 +243,7 @@ class MeLURecommender:
             torch.manual_seed(self.seed)
             self.network = MeLUNetwork(data.num_items, field_sizes, num_genres, self.dim, self.hidden)
             self._train(data, train_users, validation, ks)
-        self._choose_zero_history(data, validation, ks)
+        choose_zero_history(self, "user fields", data, validation, ks)
 
     def _train(
         self, data: InteractionData, train_users: np.ndarray, validation: EvaluationUsers, ks: Sequence[int]
@@ -300,20 +308,9 @@ class MeLURecommender:
             losses.append(F.binary_cross_entropy_with_logits(logits, query_labels))
         return torch.stack(losses).mean()
 
-    def _choose_zero_history(self, data: InteractionData, validation: EvaluationUsers, ks: Sequence[int]) -> None:
-        if 0 not in ks:
-            return
-        self.zero_history = "user fields"
-        from_fields = _validation_ndcg(self, data, validation, 0)
-        from_onboarding = _validation_ndcg(self.onboarding, data, validation, 0)
-        if from_onboarding > from_fields:
-            self.zero_history = "onboarding popularity"
-        logger.info("MeLU K=0: user fields %.4f, onboarding popularity %.4f on validation; using %s",
-                    from_fields, from_onboarding, self.zero_history)
-
     def score(self, batch: ScoringBatch) -> np.ndarray:
         """Return each user's logits for every item after the local update on their support set."""
-        if batch.k == 0 and self.zero_history == "onboarding popularity":
+        if batch.k == 0 and self.zero_history == ZERO_HISTORY_ONBOARDING:
             return onboarding_scores(self.onboarding, batch)
         with torch.no_grad():
             item_features = self.network.item_features(self.genre_ids, self.genre_offsets)

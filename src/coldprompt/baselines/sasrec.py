@@ -28,8 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from coldprompt.baselines.common import Deadline, break_ties, onboarding_scores, validation_ndcg_by_k
-from coldprompt.baselines.simple import OnboardingPopularityRecommender, _validation_ndcg
+from coldprompt.baselines.common import (
+    ZERO_HISTORY_ONBOARDING,
+    break_ties,
+    choose_zero_history,
+    Deadline,
+    onboarding_scores,
+    validation_ndcg_by_k,
+)
+from coldprompt.baselines.simple import OnboardingPopularityRecommender
 from coldprompt.data.dataset import InteractionData
 from coldprompt.evaluation.protocol import DEFAULT_KS, EvaluationUsers, ScoringBatch, UserSplit, evaluation_users
 
@@ -172,7 +179,7 @@ class SASRecRecommender:
             torch.manual_seed(self.seed)
             self.model = SASRec(data.num_items, self.max_length, **self.settings)
             self._train(inputs, targets, data, validation, ks)
-        self._choose_zero_history(data, validation, ks)
+        choose_zero_history(self, "start token", data, validation, ks)
 
     def _train(
         self, inputs: torch.Tensor, targets: torch.Tensor, data: InteractionData, validation: EvaluationUsers,
@@ -217,20 +224,9 @@ class SASRecRecommender:
         self.model.eval()
         return float(np.mean(losses))
 
-    def _choose_zero_history(self, data: InteractionData, validation: EvaluationUsers, ks: Sequence[int]) -> None:
-        if 0 not in ks:
-            return
-        self.zero_history = "start token"
-        from_start = _validation_ndcg(self, data, validation, 0)
-        from_onboarding = _validation_ndcg(self.onboarding, data, validation, 0)
-        if from_onboarding > from_start:
-            self.zero_history = "onboarding popularity"
-        logger.info("SASRec K=0: start token %.4f, onboarding popularity %.4f on validation; using %s",
-                    from_start, from_onboarding, self.zero_history)
-
     def score(self, batch: ScoringBatch) -> np.ndarray:
         """Return next-item logits after ``[START, s_1 .. s_K]`` (onboarding popularity at K = 0 if chosen)."""
-        if batch.k == 0 and self.zero_history == "onboarding popularity":
+        if batch.k == 0 and self.zero_history == ZERO_HISTORY_ONBOARDING:
             return onboarding_scores(self.onboarding, batch)
         if not len(batch.users):
             return np.zeros((0, self.model.num_items))
