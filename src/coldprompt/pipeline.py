@@ -137,19 +137,11 @@ class Runner:
 # ------------------------------------------------------------------------------------------------ LLM
 def build_model(config: RunConfig, data: InteractionData, backbone: Backbone, show_progress: bool = True):
     """Encode the catalogue with the backbone (cached) and wrap it in a :class:`SoftPromptRecommender`."""
-    from coldprompt.llm.backbone import encode_items_cached
+    from coldprompt.llm.backbone import encode_catalogue
     from coldprompt.llm.batching import ProfileTokens
     from coldprompt.llm.model import SoftPromptRecommender
 
-    texts = [data.item_text(i) for i in range(data.num_items)]
-    layer = config.item_encoder_layer
-    if layer is not None and layer > backbone.num_layers:
-        logger.info("item_encoder_layer %d exceeds the backbone's %d layers; using the last", layer, backbone.num_layers)
-        layer = None
-    encodings = encode_items_cached(
-        backbone, texts, cache_key=data.name, layer=layer,
-        bf16_autocast=backbone.dtype == torch.bfloat16, show_progress=show_progress,
-    )
+    encodings = encode_catalogue(backbone, data, config.item_encoder_layer, show_progress=show_progress)
     torch.manual_seed(config.seed)
     prompt_ids = backbone.tokenizer(
         " ".join(["Recommend", "items", "this", "user", "will", "enjoy", "next", "."] * 8), add_special_tokens=False
@@ -320,7 +312,7 @@ def load_trained(
 
     ``dtype`` overrides the backbone dtype setting the checkpoint was trained with (auto, float32, bfloat16),
     ``engine`` its backbone engine (auto, lean, transformers). With ``catalogue_only`` and a manifest that
-    holds the catalogue's titles and genres, the data set's files are not read: ``data`` then has the items
+    contains the catalogue's titles and genres, the data set's files are not read. ``data`` then has the items
     and no users, which is all that scoring a new user needs.
     """
     from coldprompt.config import load_config

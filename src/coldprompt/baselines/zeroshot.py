@@ -37,14 +37,11 @@ class ZeroShotTextRecommender:
 
     def fit(self, data: InteractionData, split: UserSplit, ks: Sequence[int] = DEFAULT_KS) -> None:
         """Encode the catalogue (read from the encoding cache when present); no interaction is used."""
-        from coldprompt.llm.backbone import encode_items_cached
+        from coldprompt.llm.backbone import encode_catalogue
 
-        layer = self.layer if self.layer is None or self.layer <= self.backbone.num_layers else None
-        encodings = encode_items_cached(
-            self.backbone, [data.item_text(i) for i in range(data.num_items)], cache_key=data.name, layer=layer,
-            bf16_autocast=self.backbone.dtype == torch.bfloat16,
-        )
-        self.layer = layer
+        encodings = encode_catalogue(self.backbone, data, self.layer)
+        if self.layer is not None and self.layer > self.backbone.num_layers:
+            self.layer = None  # profiles are encoded like the items: at the last layer
         self.mean = encodings.mean(dim=0, keepdim=True)
         self.std = encodings.std(dim=0, keepdim=True).clamp_min(1e-6)
         self.items = self._unit(encodings)

@@ -627,6 +627,22 @@ def encode_items_cached(
     return embeddings
 
 
+def encode_catalogue(backbone: Backbone, data, layer: int | None, show_progress: bool = False) -> torch.Tensor:
+    """Return the cached encodings of every item text of ``data`` (an InteractionData), ``[num_items, hidden]``.
+
+    ``layer`` is as in :func:`encode_texts`; a layer past the backbone's last one means the last. bf16
+    backbones encode under bf16 autocast.
+    """
+    if layer is not None and layer > backbone.num_layers:
+        logger.info("item_encoder_layer %d exceeds the backbone's %d layers; using the last", layer, backbone.num_layers)
+        layer = None
+    texts = [data.item_text(i) for i in range(data.num_items)]
+    return encode_items_cached(
+        backbone, texts, cache_key=data.name, layer=layer,
+        bf16_autocast=backbone.dtype == torch.bfloat16, show_progress=show_progress,
+    )
+
+
 def _read_encodings(path: Path, expected_shape: tuple[int, int]) -> torch.Tensor | None:
     if not path.is_file():
         return None

@@ -147,6 +147,9 @@ class SoftPromptRecommender(nn.Module):
         """
         if self._fixed_item_outputs is not None:
             return self._fixed_item_outputs
+        return self._compute_item_outputs()
+
+    def _compute_item_outputs(self) -> torch.Tensor:
         return self.text_out(self.item_text) + self.item_out.weight
 
     @contextmanager
@@ -160,7 +163,7 @@ class SoftPromptRecommender(nn.Module):
             yield
             return
         with torch.no_grad():
-            self._fixed_item_outputs = self.text_out(self.item_text) + self.item_out.weight
+            self._fixed_item_outputs = self._compute_item_outputs()
         try:
             yield
         finally:
@@ -169,7 +172,7 @@ class SoftPromptRecommender(nn.Module):
     def freeze_item_outputs(self) -> None:
         """Fix the catalogue's output embeddings for good, for a model that only serves and never trains."""
         with torch.no_grad():
-            self._fixed_item_outputs = self.text_out(self.item_text) + self.item_out.weight
+            self._fixed_item_outputs = self._compute_item_outputs()
 
     def hidden_states(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """Return the hidden states at the T prediction positions: [B, T + 1, H].
@@ -215,9 +218,9 @@ class SoftPromptRecommender(nn.Module):
     def _hidden_states_with_past(self, prompts: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """:meth:`hidden_states` with the profile encoded once per batch and passed as keys and values.
 
-        Rows are ``[profile, right-padded] [prompt] [items, right-padded]``; the attention mask has holes where
-        a profile is shorter than the longest, and positions continue from each row's own profile length, so
-        every real token sees exactly what it sees in the compacted layout.
+        Rows are ``[profile, right-padded] [prompt] [items, right-padded]``. The attention mask has holes where
+        a profile is shorter than the longest, and positions continue from each row's own profile length. So
+        every real token attends to the same keys, at the same positions, as in the compacted layout.
         """
         embed = self.backbone.get_input_embeddings()
         B, T = batch.items.shape
