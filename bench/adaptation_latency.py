@@ -73,7 +73,7 @@ def one_at_a_time(trained: TrainedModel, users: np.ndarray, k: int, device: str,
     """Adapt and rank for each user alone; time the inner loop and the whole request.
 
     The catalogue's output embeddings are computed once before the loop, as `coldprompt serve` does at start-up,
-    unless ``recompute`` asks for the older path that recomputes them in every forward pass.
+    unless ``recompute`` requests the older path that recomputes them in every forward pass.
     """
     model = trained.model
     with contextlib.nullcontext() if recompute else model.fixed_item_outputs():

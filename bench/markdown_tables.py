@@ -71,7 +71,12 @@ def print_paired_tests(results: dict) -> None:
         for test in best:
             diff = test["difference"]
             significant = test["p_paired_bootstrap"] < 0.05 and test["p_wilcoxon"] < 0.05
-            verdict = ("coldprompt better" if diff["mean"] > 0 else "baseline better") if significant else "no significant difference"
+            if not significant:
+                verdict = "no significant difference"
+            elif diff["mean"] > 0:
+                verdict = "coldprompt better"
+            else:
+                verdict = "baseline better"
             print(f"| {test['k']} | {test['mean_a']:.4f} | {test['b']} | {test['mean_b']:.4f} | {diff['mean']:+.4f} "
                   f"[{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] | {test['p_paired_bootstrap']:.3g} | "
                   f"{test['p_wilcoxon']:.3g} | {verdict} |")

@@ -17,7 +17,7 @@ def strong_recommenders(
 ) -> list:
     """Return EASE, ALS, SASRec and MeLU with their default grids; ``budget_s`` bounds each neural fit.
 
-    EASE and ALS have no time budget, because their cost is set by the size of their grids; ``ease_lambdas``
+    EASE and ALS have no time budget, because their cost is set by the size of their grids. ``ease_lambdas``
     replaces EASE's default grid, for catalogues where each inverse takes minutes. ALS needs the ``implicit``
     package at fit time.
     """

@@ -44,7 +44,7 @@ class InteractionData:
 
     @classmethod
     def catalogue(cls, name: str, item_ids: list[str], item_titles: list[str], item_genres: list[str]) -> "InteractionData":
-        """A data set with items and no users or interactions, for serving from a checkpoint's own catalogue."""
+        """Build a data set with items and no users or interactions, for serving from a checkpoint's catalogue."""
         empty = np.zeros(0, dtype=np.int64)
         return cls(name, empty, empty.copy(), np.zeros(0), np.zeros(0, dtype=np.float32), [], list(item_ids),
                    list(item_titles), list(item_genres))

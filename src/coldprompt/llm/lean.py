@@ -9,9 +9,10 @@ configurations it can check (``model_type`` "llama", no rope scaling, no biases,
 are transformers' names, so the weights load unchanged. Tests compare its hidden states with transformers' on
 the same weights.
 
-It adds one thing transformers' public forward does not offer in this form: :meth:`LeanLlama.forward` takes the
-keys and values of an earlier call (``past``) with right-padded rows, so a user's profile tokens, which do not
-depend on the soft prompt that follows them, are encoded once and reused by every inner step and by scoring.
+It adds one thing that transformers' public forward does not offer in this form. :meth:`LeanLlama.forward`
+takes the keys and values of an earlier call (``past``) with right-padded rows. A user's profile tokens do not
+depend on the soft prompt that follows them, so they are encoded once and reused by every inner step and by
+scoring.
 
 The tokenizer is the ``tokenizers`` library's reading of the folder's ``tokenizer.json``, wrapped in the few
 methods coldprompt calls (:class:`LeanTokenizer`).
